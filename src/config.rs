@@ -1,0 +1,596 @@
+//! The TOML policy file: one place that turns text into runtime values.
+//!
+//! Every section denies unknown keys, and every error names the file, the line and the key at
+//! fault, so `stormbreaker check-config` can point an administrator at the exact spot.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration. Sections of later features are accepted and validated already.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub lists: Vec<ListConfig>,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub milter: MilterConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8 forbids them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Read to the end of data, then 550 5.5.2.
+    #[default]
+    Reject,
+    /// Turn each bare CR or LF into CRLF before relaying.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the SMTP proxy listens on; absent means no proxy (milter only).
+    pub listen: Option<SocketAddr>,
+    /// Our name in the greeting and the EHLO reply.
+    pub hostname: String,
+    pub max_connections: usize,
+    /// Bytes of message content (after dot-unstuffing); advertised as SIZE.
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// A text line in DATA, CRLF included (RFC 5321 4.5.3.1.6).
+    pub max_line_length: usize,
+    /// A command line, CRLF included (RFC 5321 4.5.3.1.4).
+    pub max_command_length: usize,
+    /// Errors (4xx/5xx replies) in one session before it is closed with 421.
+    pub max_errors: usize,
+    pub bare_newline: BareNewline,
+    /// Waiting for the client's next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Waiting for the next block of DATA (RFC 5321 4.5.3.2.6: 3 minutes).
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// On SIGTERM, how long sessions in flight may take before they get 421.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            hostname: "stormbreaker.localdomain".into(),
+            max_connections: 1000,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 1000,
+            max_command_length: 512,
+            max_errors: 20,
+            bare_newline: BareNewline::Reject,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// The MTA every accepted message goes to (host:port).
+    pub address: String,
+    /// Pass the real client address and HELO with XCLIENT or XFORWARD when the upstream offers them.
+    pub pass_client: bool,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Waiting for any upstream reply. Kept well under the 10 minutes a client waits after its
+    /// final dot (RFC 5321 4.5.3.2.6), and under Postfix's 100 s smtpd_proxy_timeout.
+    #[serde(deserialize_with = "duration")]
+    pub reply_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:10025".into(),
+            pass_client: true,
+            connect_timeout: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    pub dir: PathBuf,
+    /// Held messages older than this are purged (and the purge logged).
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/spool/stormbreaker/quarantine"),
+            retention: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// What happens to a message a breaker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldAction {
+    /// Keep it on disk, releasable; the client hears 250.
+    #[default]
+    Quarantine,
+    /// 550 5.7.1 with an explanation.
+    Reject,
+    /// 451 4.7.1: the sender's MTA retries after the block.
+    Tempfail,
+    /// Dry run: deliver, and log "would hold".
+    Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A message is wide when its weighted fan-out reaches this many people.
+    pub wide_audience: u64,
+    /// Wide replies in one thread within `window` that open its breaker.
+    pub trip_replies: u32,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// How long an open breaker holds replies.
+    #[serde(deserialize_with = "duration")]
+    pub block_for: Duration,
+    /// A breaker that re-opens doubles its block, up to this.
+    #[serde(deserialize_with = "duration")]
+    pub max_block: Duration,
+    pub action: HoldAction,
+    /// Faster trip for very large audiences: this many distinct senders within `fast_window`
+    /// to an audience of at least `fast_audience` opens the breaker. 0 turns it off.
+    pub fast_audience: u64,
+    pub fast_senders: u32,
+    #[serde(deserialize_with = "duration")]
+    pub fast_window: Duration,
+    /// "Me too" storms: new (non-reply) wide messages with the same normalised subject to the
+    /// same audience. 0 turns it off.
+    pub me_too_messages: u32,
+    /// Envelope senders never counted nor held (the alert sender is always exempt).
+    pub exempt_senders: Vec<String>,
+    /// Most threads tracked at once; the oldest are forgotten first beyond it.
+    pub max_threads: usize,
+    /// A file of distribution lists for sites with thousands: one `address members` per line.
+    pub lists_file: Option<PathBuf>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            wide_audience: 2500,
+            trip_replies: 10,
+            window: Duration::from_secs(3600),
+            block_for: Duration::from_secs(6 * 3600),
+            max_block: Duration::from_secs(48 * 3600),
+            action: HoldAction::Quarantine,
+            fast_audience: 50_000,
+            fast_senders: 5,
+            fast_window: Duration::from_secs(5 * 60),
+            me_too_messages: 10,
+            exempt_senders: Vec::new(),
+            max_threads: 1_000_000,
+            lists_file: None,
+        }
+    }
+}
+
+/// A declared distribution list: one RCPT that the MTA expands into `members` people.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    pub address: String,
+    pub members: u64,
+    /// Never count nor hold mail to this list (for example an announcements list).
+    #[serde(default)]
+    pub exempt: bool,
+    /// Per-list overrides of the policy thresholds.
+    #[serde(default)]
+    pub wide_audience: Option<u64>,
+    #[serde(default)]
+    pub trip_replies: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub block_for: Option<Duration>,
+    #[serde(default)]
+    pub action: Option<HoldAction>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Who gets the alert when a breaker opens; empty means no alert mail.
+    pub admins: Vec<String>,
+    /// Envelope and header sender of alerts and notices; always exempt from every breaker.
+    pub from: String,
+    /// At most one update per breaker per interval while it stays open.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Tell each held sender once per breaker what happened.
+    pub notify_senders: bool,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            admins: Vec::new(),
+            from: "stormbreaker@localhost".into(),
+            interval: Duration::from_secs(30 * 60),
+            notify_senders: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// When the shared state store does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFallback {
+    /// Decide with the in-process counters; mail keeps flowing.
+    #[default]
+    Local,
+    /// 451 4.7.1 every message until the store answers again.
+    Tempfail,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    pub url: Option<String>,
+    pub prefix: String,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub on_unavailable: StateFallback,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Memory,
+            url: None,
+            prefix: "sb:".into(),
+            timeout: Duration::from_millis(200),
+            on_unavailable: StateFallback::Local,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MilterConfig {
+    /// `host:port` or a unix socket path; absent means no milter.
+    pub listen: Option<String>,
+    /// Add an `X-Stormbreaker` header naming the decision to delivered mail.
+    pub trace_header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "stormbreaker=debug". RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Prometheus metrics on http://LISTEN/metrics; absent means none.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration error, pointing at the file, line and key at fault.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses policy text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>| span.map(|s| line_of(text, s.start));
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: at(e.span()),
+            key: None,
+            message: e.message().trim().to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                file: path.to_path_buf(),
+                line: at(inner.span()),
+                key: (key != ".").then_some(key),
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            file: path.to_path_buf(),
+            line: find_key_line(text, &key),
+            key: Some(key),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that need more than one value's type.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
+        if self.proxy.listen.is_none() && self.milter.listen.is_none() {
+            return fail(
+                "proxy.listen",
+                "nothing to listen on: set [proxy] listen, [milter] listen, or both",
+            );
+        }
+        if self.proxy.hostname.is_empty() || self.proxy.hostname.contains(char::is_whitespace) {
+            return fail("proxy.hostname", "must be a host name without spaces");
+        }
+        if self.proxy.max_line_length < 80 {
+            return fail("proxy.max_line_length", "must be at least 80 octets");
+        }
+        if self.proxy.max_command_length < 512 {
+            return fail(
+                "proxy.max_command_length",
+                "must be at least 512 octets (RFC 5321 4.5.3.1.4)",
+            );
+        }
+        if self.proxy.max_recipients < 100 {
+            return fail(
+                "proxy.max_recipients",
+                "must be at least 100 (RFC 5321 4.5.3.1.8)",
+            );
+        }
+        for (key, value) in [
+            ("proxy.max_connections", self.proxy.max_connections),
+            ("proxy.max_message_size", self.proxy.max_message_size),
+            ("proxy.max_errors", self.proxy.max_errors),
+            ("policy.max_threads", self.policy.max_threads),
+        ] {
+            if value == 0 {
+                return fail(key, "must be greater than 0");
+            }
+        }
+        if self.proxy.listen.is_some() && self.upstream.address.parse::<SocketAddr>().is_err() {
+            return fail(
+                "upstream.address",
+                "must be an IP address and port, e.g. \"127.0.0.1:10025\"",
+            );
+        }
+        if self.policy.trip_replies == 0 {
+            return fail("policy.trip_replies", "must be at least 1");
+        }
+        if self.policy.wide_audience == 0 {
+            return fail("policy.wide_audience", "must be at least 1");
+        }
+        for (key, value) in [
+            ("policy.window", self.policy.window),
+            ("policy.block_for", self.policy.block_for),
+            ("policy.fast_window", self.policy.fast_window),
+            ("notify.interval", self.notify.interval),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be longer than 0s");
+            }
+        }
+        if self.policy.max_block < self.policy.block_for {
+            return fail("policy.max_block", "must be at least policy.block_for");
+        }
+        for (i, list) in self.lists.iter().enumerate() {
+            if !list.address.contains('@') {
+                return fail(&format!("lists[{i}].address"), "must be an email address");
+            }
+            if list.members == 0 {
+                return fail(&format!("lists[{i}].members"), "must be at least 1");
+            }
+        }
+        if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
+            return fail("state.url", "the redis backend needs a url");
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best effort: the line where the last part of a dotted key is assigned.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit('.').next()?;
+    let leaf = leaf.split('[').next()?;
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(leaf)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// Parses "60m", "6h", "14d", "1h 30m", "250ms".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write it like \"60m\", \"6h\", \"14d\"")
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("policy.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n").unwrap();
+        assert_eq!(c.policy.trip_replies, 10);
+        assert_eq!(c.policy.window, Duration::from_secs(3600));
+        assert_eq!(c.policy.block_for, Duration::from_secs(6 * 3600));
+        assert_eq!(c.policy.action, HoldAction::Quarantine);
+        assert_eq!(c.proxy.max_line_length, 1000);
+    }
+
+    #[test]
+    fn durations_parse() {
+        let c = parse(
+            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nwindow = \"90m\"\nblock_for = \"6h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.policy.window, Duration::from_secs(90 * 60));
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86400)
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n\n[policy]\ntrip_replys = 5\n")
+            .unwrap_err();
+        let s = e.to_string();
+        assert_eq!(e.line, Some(5), "{s}");
+        assert!(s.starts_with("policy.toml:5"), "{s}");
+        assert!(s.contains("trip_replys"), "{s}");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nwindow = \"soon\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.key.as_deref(), Some("policy.window"));
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_names_line() {
+        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\ntrip_replies = 0\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("policy.trip_replies"));
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\ntrip_replies = \"ten\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!(e.key.as_deref(), Some("policy.trip_replies"));
+    }
+
+    #[test]
+    fn lists_parse_with_overrides() {
+        let c = parse(
+            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[[lists]]\naddress = \"all@corp.test\"\nmembers = 91053\ntrip_replies = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.lists[0].members, 91053);
+        assert_eq!(c.lists[0].trip_replies, Some(5));
+    }
+
+    #[test]
+    fn nothing_to_listen_on_is_an_error() {
+        assert!(parse("").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! What a front end (proxy or milter) knows of a transaction when it asks for a decision.
+
+use std::net::SocketAddr;
+
+/// The SMTP envelope of one transaction, with the client it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    /// The connecting client, when known (a milter may be told only a name).
+    pub client_addr: Option<SocketAddr>,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// Reverse-path without angle brackets; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// MAIL FROM parameters as sent upstream, e.g. `SIZE=2048 BODY=8BITMIME`.
+    pub mail_params: String,
+    pub rcpts: Vec<Recipient>,
+}
+
+/// One accepted RCPT TO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recipient {
+    /// Forward-path without angle brackets.
+    pub address: String,
+    /// RCPT TO parameters as sent upstream, e.g. `NOTIFY=FAILURE ORCPT=rfc822;a@b`.
+    pub params: String,
+}

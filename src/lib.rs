@@ -1,0 +1,33 @@
+//! stormbreaker: an SMTP proxy and milter that stops reply-all storms.
+//!
+//! Where things are:
+//! - `smtp/`: the wire (client commands, DATA framing, upstream client) and the proxy session.
+//! - `milter/`: the milter codec and session, for Postfix's `smtpd_milters`.
+//! - `fingerprint/`: thread and audience keys of a message (pure functions).
+//! - `breaker/`: sliding windows and circuit breakers (pure, time passed in).
+//! - `store/`: where breaker state lives (in process, or Redis).
+//! - `engine`: the decision point: envelope + headers + now -> `verdict::Verdict`.
+//! - `quarantine/`: durable hold, list, release, delete, purge.
+//! - `config`: the TOML policy file.
+
+pub mod admin;
+pub mod breaker;
+pub mod config;
+pub mod engine;
+pub mod envelope;
+pub mod fingerprint;
+pub mod logging;
+pub mod milter;
+pub mod quarantine;
+pub mod reply;
+pub mod smtp;
+pub mod store;
+pub mod verdict;
+
+/// Unix time in milliseconds: the clock the engine is given.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

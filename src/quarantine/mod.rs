@@ -1,0 +1,3 @@
+//! Durable hold of messages a breaker stopped, and their release.
+
+pub mod cli;
