@@ -20,6 +20,7 @@ pub mod logging;
 pub mod milter;
 pub mod quarantine;
 pub mod reply;
+pub mod service;
 pub mod smtp;
 pub mod store;
 pub mod verdict;

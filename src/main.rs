@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             };
             stormbreaker::logging::init(&config.log);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(stormbreaker::smtp::server::run(config)) {
+            match runtime.block_on(stormbreaker::service::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("stormbreaker: {e:#}");

@@ -1,0 +1,53 @@
+//! `stormbreaker run`: start the configured front ends on one engine and stop them on SIGTERM.
+
+use crate::config::Config;
+use crate::engine::Engine;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Tells long-running tasks that shutdown has begun: `*rx.borrow()` turns true.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Runs the proxy and/or the milter until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let engine = Arc::new(Engine::new(&config));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(listen) = config.proxy.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("proxy.listen {listen}: {e}"))?;
+        tracing::info!(%listen, upstream = %config.upstream.address, "SMTP proxy listening");
+        tasks.spawn(crate::smtp::server::serve(
+            config.clone(),
+            engine.clone(),
+            listener,
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(listen) = config.milter.listen.clone() {
+        tasks.spawn(crate::milter::serve(
+            config.clone(),
+            engine.clone(),
+            listen,
+            stop_rx.clone(),
+        ));
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: no new sessions, finishing those in flight"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: no new sessions, finishing those in flight"),
+        Some(done) = tasks.join_next() => {
+            // A front end ended on its own: that is an error (a bind or accept failure).
+            done??;
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
