@@ -1,3 +1,17 @@
 //! Durable hold of messages a breaker stopped, and their release.
+//!
+//! - `store`: the quarantine folder (durable write, list, read, delete, purge).
+//! - `record`: the self-checking file format of one held message.
+//! - `journal`: per-message release journal (which recipients the upstream accepted).
+//! - `release`: SMTP re-injection with the original envelope.
+//! - `audit`: the append-only audit log.
+//! - `cli`: `stormbreaker quarantine ...`.
 
+pub mod audit;
 pub mod cli;
+pub mod journal;
+pub mod record;
+pub mod store;
+
+pub use record::{HeldMeta, HeldSummary};
+pub use store::{HeldId, HeldMessage, HoldWriter, ListFilter, Quarantine, QuarantineError, State};
