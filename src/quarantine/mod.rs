@@ -11,7 +11,9 @@ pub mod audit;
 pub mod cli;
 pub mod journal;
 pub mod record;
+pub mod release;
 pub mod store;
 
 pub use record::{HeldMeta, HeldSummary};
+pub use release::{ReleaseError, ReleaseOptions, ReleaseReport, Upstream};
 pub use store::{HeldId, HeldMessage, HoldWriter, ListFilter, Quarantine, QuarantineError, State};

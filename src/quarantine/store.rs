@@ -314,7 +314,6 @@ impl Quarantine {
         Err(QuarantineError::UnknownId(id.into()))
     }
 
-    #[allow(dead_code)] // used by release (next step)
     pub(crate) fn journal_path(&self, id: &str) -> Result<PathBuf, QuarantineError> {
         Ok(self.locate(id)?.0.join(JOURNAL))
     }
@@ -335,7 +334,6 @@ impl Quarantine {
     }
 
     /// Moves a held message to `released/` once every recipient has it.
-    #[allow(dead_code)] // used by release (next step)
     pub(crate) fn mark_released(&self, _lock: &MessageLock, id: &str) -> io::Result<()> {
         let from = self.dirs.held.join(id);
         let to = self.dirs.released.join(id);
