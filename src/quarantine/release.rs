@@ -151,7 +151,7 @@ impl Quarantine {
             delivered_before: before.into_iter().collect(),
             ..Default::default()
         };
-        let mut attempt = msg.journal.next_attempt();
+        let first_attempt = msg.journal.next_attempt();
         let attempts = opts.attempts.max(1);
         let mut refused = Vec::new();
         for n in 1..=attempts {
@@ -167,12 +167,11 @@ impl Quarantine {
                 &pending,
                 &msg.content,
                 &journal_path,
-                attempt,
+                first_attempt + u64::from(n) - 1,
                 &opts.who,
                 &mut report.last_reply,
             )
             .await;
-            attempt += 1;
             let mut retry = Vec::new();
             let mut deferred = Vec::new();
             for (rcpt, outcome) in pending.into_iter().zip(outcomes) {
