@@ -44,6 +44,12 @@ pub enum Command {
         /// Send again to recipients already released or in doubt.
         #[arg(long)]
         force: bool,
+        /// Attempts in all while the upstream answers 4xx or cannot be reached.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        attempts: u32,
+        /// Wait between attempts.
+        #[arg(long, default_value = "5s", value_parser = duration_arg)]
+        retry_delay: Duration,
     },
     /// Remove held messages without delivering them.
     Delete {
@@ -147,7 +153,13 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             writeln!(out, "{verb} {} message(s)", removed.len())?;
             Ok(0)
         }
-        Command::Release { ids, thread, force } => {
+        Command::Release {
+            ids,
+            thread,
+            force,
+            attempts,
+            retry_delay,
+        } => {
             let ids = match select(&q, ids, thread.as_deref()) {
                 Ok(ids) => ids,
                 Err(code) => return Ok(code),
@@ -155,6 +167,8 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             let upstream = Upstream::from_config(config);
             let opts = ReleaseOptions {
                 force,
+                attempts,
+                retry_delay,
                 ..ReleaseOptions::default()
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
