@@ -229,10 +229,10 @@ impl Session {
         }
         if !self.identity_passed && self.config().upstream.pass_client {
             let identity = self.identity();
-            if let Some(up) = self.upstream.as_mut() {
-                if let Err(e) = up.pass_client_xforward(&identity).await {
-                    return self.upstream_lost(e);
-                }
+            if let Some(up) = self.upstream.as_mut()
+                && let Err(e) = up.pass_client_xforward(&identity).await
+            {
+                return self.upstream_lost(e);
             }
         }
         let Some(up) = self.upstream.as_mut() else {
@@ -278,13 +278,13 @@ impl Session {
         };
         match up.command(line.as_bytes()).await {
             Ok(r) => {
-                if r.is_success() {
-                    if let Some(tx) = self.tx.as_mut() {
-                        tx.envelope.rcpts.push(Recipient {
-                            address: to.address,
-                            params,
-                        });
-                    }
+                if r.is_success()
+                    && let Some(tx) = self.tx.as_mut()
+                {
+                    tx.envelope.rcpts.push(Recipient {
+                        address: to.address,
+                        params,
+                    });
                 }
                 self.reply(&r.raw);
                 Flow::Continue

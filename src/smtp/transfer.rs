@@ -21,7 +21,7 @@ enum Sink {
 }
 
 enum Refusal {
-    Policy(Verdict),
+    Policy(Box<Verdict>),
     /// The upstream refused DATA.
     Upstream(Reply),
     UpstreamLost(UpstreamError),
@@ -161,7 +161,7 @@ impl Receiver {
             // The quarantine store is wired in with the quarantine feature.
             Action::Quarantine => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
             Action::Reject | Action::Tempfail => {
-                Sink::Refuse(Refusal::Policy(self.verdict.clone()))
+                Sink::Refuse(Refusal::Policy(Box::new(self.verdict.clone())))
             }
         };
     }
