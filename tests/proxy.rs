@@ -223,10 +223,7 @@ fn a_pipelined_client_gets_its_replies_in_order() {
     let mut c = Raw::connect(w.proxy.port);
     c.cmd("EHLO pipe.test");
     c.send(
-        format!(
-            "MAIL FROM:<a@corp.test>\r\nRCPT TO:<p@corp.test>\r\nRCPT TO:<q@corp.test>\r\nDATA\r\n"
-        )
-        .as_bytes(),
+        b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<p@corp.test>\r\nRCPT TO:<q@corp.test>\r\nDATA\r\n",
     );
     for _ in 0..3 {
         assert!(c.reply().starts_with("250"));
