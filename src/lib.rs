@@ -21,6 +21,7 @@ pub mod milter;
 pub mod quarantine;
 pub mod reply;
 pub mod service;
+pub mod sink;
 pub mod smtp;
 pub mod store;
 pub mod verdict;
