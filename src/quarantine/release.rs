@@ -7,40 +7,16 @@
 //! release delivers at least once, and a second copy only ever goes out on an administrator's
 //! explicit `--force`.
 
-use crate::config::Config;
 use crate::envelope::Recipient;
 use crate::quarantine::audit;
 use crate::quarantine::journal::{Entry, Event, InDoubt, Journal};
 use crate::quarantine::store::{Quarantine, QuarantineError, State};
-use mail_send::SmtpClient;
+use crate::quarantine::upstream::{
+    Upstream, connect, format_reply, quit, send_content, with_space,
+};
 use smtp_proto::Response;
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-/// Where and how to re-inject.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// `host:port`.
-    pub address: String,
-    /// Our name in EHLO.
-    pub helo: String,
-    pub connect_timeout: Duration,
-    pub reply_timeout: Duration,
-}
-
-impl Upstream {
-    pub fn from_config(config: &Config) -> Upstream {
-        Upstream {
-            address: config.upstream.address.clone(),
-            helo: config.proxy.hostname.clone(),
-            connect_timeout: config.upstream.connect_timeout,
-            reply_timeout: config.upstream.reply_timeout,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ReleaseOptions {
@@ -342,57 +318,6 @@ fn overlay(outcomes: Vec<Outcome>, end_of_data: Outcome) -> Vec<Outcome> {
         .collect()
 }
 
-async fn connect(upstream: &Upstream) -> Result<SmtpClient<TcpStream>, String> {
-    let addr: SocketAddr = upstream
-        .address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("upstream.address {:?} does not resolve", upstream.address))?;
-    let fail = |what: &str, e: String| format!("{what} {addr}: {e}");
-    let mut client = SmtpClient::connect(addr, upstream.connect_timeout)
-        .await
-        .map_err(|e| fail("connect to", e.to_string()))?;
-    client.timeout = upstream.reply_timeout;
-    let greeting = tokio::time::timeout(upstream.reply_timeout, client.read())
-        .await
-        .map_err(|_| fail("greeting from", "timeout".into()))?
-        .map_err(|e| fail("greeting from", e.to_string()))?;
-    if greeting.code != 220 {
-        return Err(format_reply(&greeting));
-    }
-    client
-        .ehlo(&upstream.helo)
-        .await
-        .map_err(|e| fail("EHLO to", e.to_string()))?;
-    Ok(client)
-}
-
-/// Writes the content dot-stuffed with its end-of-data mark and waits for the reply.
-async fn send_content(
-    client: &mut SmtpClient<TcpStream>,
-    content: &[u8],
-    timeout: Duration,
-) -> Result<Response<String>, String> {
-    let framed = frame(content);
-    let io = async {
-        client
-            .stream
-            .write_all(&framed)
-            .await
-            .map_err(|e| e.to_string())?;
-        client.stream.flush().await.map_err(|e| e.to_string())?;
-        client.read().await.map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(timeout, io)
-        .await
-        .map_err(|_| "no reply to the end of data before the timeout".to_string())?
-}
-
-async fn quit(mut client: SmtpClient<TcpStream>) {
-    let _ = client.cmd(b"QUIT\r\n").await;
-}
-
 fn classify(r: &Response<String>) -> Outcome {
     match r.code / 100 {
         2 => Outcome::Accepted,
@@ -401,62 +326,9 @@ fn classify(r: &Response<String>) -> Outcome {
     }
 }
 
-/// `250 2.0.0 Ok: queued as X`, as the upstream said it.
-pub fn format_reply(r: &Response<String>) -> String {
-    let message = r.message.replace(['\r', '\n'], " ");
-    if r.esc[0] == 0 {
-        format!("{} {message}", r.code)
-    } else {
-        format!(
-            "{} {}.{}.{} {message}",
-            r.code, r.esc[0], r.esc[1], r.esc[2]
-        )
-    }
-}
-
-fn with_space(params: &str) -> String {
-    let p = params.trim();
-    if p.is_empty() {
-        String::new()
-    } else {
-        format!(" {p}")
-    }
-}
-
-/// The DATA stream for exact content: a dot doubled at the start of every line, a CRLF added if
-/// the content does not end with one, then `.` CRLF.
-pub fn frame(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 8);
-    let mut line_start = true;
-    for &b in content {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !content.is_empty() && !content.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_stuffs_dots_at_line_starts_only() {
-        assert_eq!(frame(b"a\r\n"), b"a\r\n.\r\n");
-        assert_eq!(
-            frame(b".\r\n..\r\n.x\r\nx.\r\n"),
-            b"..\r\n...\r\n..x\r\nx.\r\n.\r\n"
-        );
-        assert_eq!(frame(b".start"), b"..start\r\n.\r\n");
-        assert_eq!(frame(b""), b".\r\n");
-        assert_eq!(frame(b"no end"), b"no end\r\n.\r\n");
-    }
 
     #[test]
     fn overlay_gives_rcpt_accepted_the_end_of_data_outcome() {
