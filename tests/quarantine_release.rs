@@ -7,6 +7,7 @@ use quarantine_support::postfix::{Postfix, Sink, free_port, strip_trace};
 use quarantine_support::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use stormbreaker::quarantine::journal::{Entry, Event, Journal};
 use stormbreaker::quarantine::{
     ListFilter, Quarantine, ReleaseError, ReleaseOptions, State, Upstream,
 };
@@ -238,4 +239,42 @@ fn release_by_thread_releases_every_held_message_of_it() {
         .map(|s| s.id)
         .collect();
     assert_eq!(held, [other]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_release_cut_off_after_the_250_finishes_without_sending_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&tmp.path().join("sink"));
+    let q = Quarantine::open(&tmp.path().join("q")).unwrap();
+    let id = hold_one(&q, "tidx:quarterly", "finish");
+    // What a release killed right after recording the upstream's 250 leaves behind.
+    let journal = tmp.path().join("q/held").join(&id).join("journal");
+    let all: Vec<String> = envelope().rcpts.into_iter().map(|r| r.address).collect();
+    let entry = |event| Entry {
+        at_ms: 1,
+        by: "alice".into(),
+        attempt: 1,
+        event,
+    };
+    Journal::append(&journal, &entry(Event::Sending { rcpts: all.clone() })).unwrap();
+    let accepted = Event::Accepted {
+        rcpts: all.clone(),
+        reply: "250 2.0.0 queued".into(),
+    };
+    Journal::append(&journal, &entry(accepted)).unwrap();
+    assert_eq!(
+        q.list(&ListFilter::default()).unwrap().len(),
+        1,
+        "still listed as held"
+    );
+
+    let r = q
+        .release(&id, &upstream(sink.address()), &opts(false))
+        .await
+        .unwrap();
+    assert!(r.is_complete());
+    assert!(r.delivered_now.is_empty());
+    assert_eq!(r.delivered_before.len(), 3);
+    assert!(sink.delivered().is_empty(), "nothing sent twice");
+    assert_eq!(q.get(&id).unwrap().state, State::Released);
 }

@@ -318,3 +318,32 @@ fn delete_and_purge_remove_and_audit() {
     assert_eq!(actions, ["hold", "hold", "delete", "expire"]);
     assert!(audit.contains("\"who\":\"alice\""));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn retention_task_expires_old_messages_and_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Quarantine::open(dir.path()).unwrap();
+    commit_one(&q);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(stormbreaker::quarantine::expiry::run(
+        q.clone(),
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(3600),
+        stop_rx,
+    ));
+    while !q.list(&ListFilter::default()).unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"action\":\"expire\""),
+        "{audit}"
+    );
+}

@@ -6,10 +6,12 @@
 //! - `release`: SMTP re-injection with the original envelope.
 //! - `upstream`: the SMTP client side (connect, exact DATA framing), shared with alerts.
 //! - `audit`: the append-only audit log.
+//! - `expiry`: the retention task the server runs.
 //! - `cli`: `stormbreaker quarantine ...`.
 
 pub mod audit;
 pub mod cli;
+pub mod expiry;
 pub mod journal;
 pub mod record;
 pub mod release;
