@@ -347,3 +347,17 @@ async fn retention_task_expires_old_messages_and_stops_on_shutdown() {
         "{audit}"
     );
 }
+
+#[test]
+fn held_mail_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let q = Quarantine::open(&dir.path().join("q")).unwrap();
+    let id = commit_one(&q);
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = dir.path().join("q");
+    assert_eq!(mode(root.join("held")), 0o700);
+    assert_eq!(mode(root.join("held").join(&id)), 0o700);
+    assert_eq!(mode(held_file(&root, &id)), 0o600);
+    assert_eq!(mode(root.join("audit.log")), 0o600);
+}

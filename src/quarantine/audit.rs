@@ -58,7 +58,7 @@ pub fn record(dir: &Path, who: &str, action: &str, meta: &HeldMeta, detail: &str
         .map_err(std::io::Error::other)
         .and_then(|mut bytes| {
             bytes.push(b'\n');
-            std::fs::OpenOptions::new()
+            crate::quarantine::store::private_file()
                 .create(true)
                 .append(true)
                 .open(dir.join(FILE_NAME))?

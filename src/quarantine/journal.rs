@@ -77,7 +77,7 @@ impl Journal {
     pub fn append(path: &Path, entry: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = crate::quarantine::store::private_file()
             .create(true)
             .append(true)
             .open(path)?;

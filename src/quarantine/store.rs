@@ -130,7 +130,10 @@ impl Quarantine {
             released: dir.join("released"),
         };
         for d in [&dirs.tmp, &dirs.held, &dirs.released] {
-            fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
+            private_dir()
+                .recursive(true)
+                .create(d)
+                .map_err(|e| with_path(e, d))?;
         }
         let q = Quarantine {
             dirs: Arc::new(dirs),
@@ -151,12 +154,12 @@ impl Quarantine {
         loop {
             let id = new_id(crate::now_ms());
             let tmp_dir = self.dirs.tmp.join(&id);
-            match fs::create_dir(&tmp_dir) {
+            match private_dir().create(&tmp_dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(with_path(e, &tmp_dir)),
             }
-            let file = File::create_new(tmp_dir.join(MESSAGE));
+            let file = private_file().create_new(true).open(tmp_dir.join(MESSAGE));
             let file = match file.and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from)) {
                 Ok(f) => f,
                 Err(e) => {
@@ -529,6 +532,21 @@ fn read_whole(path: &Path) -> io::Result<Result<(HeldMeta, Vec<u8>), Torn>> {
         return Ok(Err(Torn::ContentChecksum));
     }
     Ok(Ok((meta, bytes)))
+}
+
+/// Held mail is private: folders 0700, files 0600 (before the umask).
+fn private_dir() -> fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = fs::DirBuilder::new();
+    b.mode(0o700);
+    b
+}
+
+pub(crate) fn private_file() -> fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    o
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
