@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod envelope;
 pub mod fingerprint;
