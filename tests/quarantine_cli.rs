@@ -152,3 +152,23 @@ fn delete_by_id_and_thread_then_purge_with_dry_run() {
     );
     assert!(lines[4..].iter().all(|l| l["who"] == "alice"), "{audit}");
 }
+
+#[test]
+fn list_warns_about_a_damaged_file_and_does_not_list_it() {
+    let s = setup();
+    let good = hold_one(&s.q, "tidx:one", "a");
+    let bad = hold_one(&s.q, "tidx:one", "b");
+    let path = s.q.dir().join("held").join(&bad).join("message");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = quarantine_cmd(&s.config, &["list", "--json"]);
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], good.as_str());
+    assert!(stderr(&out).contains(&bad), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    let show = quarantine_cmd(&s.config, &["show", &bad]);
+    assert_eq!(show.status.code(), Some(1));
+    assert!(stderr(&show).contains("damaged"), "{}", stderr(&show));
+}

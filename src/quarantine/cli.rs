@@ -97,7 +97,19 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
                 sender,
                 since_ms: since.map(|d| crate::now_ms().saturating_sub(d.as_millis() as u64)),
             };
-            let held = q.list(&filter)?;
+            let scan = q.scan()?;
+            for (path, why) in &scan.torn {
+                eprintln!(
+                    "stormbreaker: warning: {}: damaged, not a held message: {why}",
+                    path.display()
+                );
+            }
+            let held: Vec<HeldSummary> = scan
+                .held
+                .iter()
+                .filter(|m| filter.matches(m))
+                .map(|m| m.summary())
+                .collect();
             if json {
                 serde_json::to_writer_pretty(&mut *out, &held)?;
                 writeln!(out)?;

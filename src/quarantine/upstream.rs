@@ -164,6 +164,32 @@ async fn expect(client: &mut SmtpClient<TcpStream>, cmd: &[u8], class: u16) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a receiver does with a DATA stream: lines up to `.` CRLF, one leading dot removed.
+    fn unstuff(wire: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut rest = wire;
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n")? + 2;
+            let line = &rest[..end];
+            rest = &rest[end..];
+            if line == b".\r\n" {
+                return rest.is_empty().then_some(out);
+            }
+            out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn framing_round_trips_any_crlf_content(
+            lines in proptest::collection::vec("[.a-z ]{0,6}", 0..12)
+        ) {
+            let content: Vec<u8> = lines.iter().flat_map(|l| [l.as_bytes(), b"\r\n"].concat()).collect();
+            prop_assert_eq!(unstuff(&frame(&content)), Some(content));
+        }
+    }
 
     #[test]
     fn frame_stuffs_dots_at_line_starts_only() {
