@@ -361,3 +361,15 @@ fn held_mail_is_private_to_its_owner() {
     assert_eq!(mode(held_file(&root, &id)), 0o600);
     assert_eq!(mode(root.join("audit.log")), 0o600);
 }
+
+#[test]
+fn a_stray_file_in_held_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Quarantine::open(dir.path()).unwrap();
+    let id = commit_one(&q);
+    std::fs::write(dir.path().join("held").join("stray.txt"), b"x").unwrap();
+    let scan = q.scan().unwrap();
+    assert_eq!(scan.held.len(), 1);
+    assert_eq!(scan.held[0].id, id);
+    assert_eq!(scan.torn.len(), 1);
+}

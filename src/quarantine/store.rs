@@ -213,6 +213,10 @@ impl Quarantine {
                 Ok(Err(torn)) => scan.torn.push((path, torn)),
                 // Gone between read_dir and open: released or deleted meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => scan.torn.push((
+                    entry.path(),
+                    Torn::BadMetadata("a stray file, not a message folder".into()),
+                )),
                 Err(e) => return Err(with_path(e, &path)),
             }
         }
