@@ -172,6 +172,8 @@ struct Inner {
     config_path: PathBuf,
     upstream: Upstream,
     lists: HashMap<String, u64>,
+    /// The milter holds in Postfix's hold queue, which our release command does not reach.
+    milter: bool,
     in_flight: Mutex<Vec<tokio::task::JoinHandle<bool>>>,
 }
 
@@ -191,6 +193,7 @@ impl Notifier {
                     .iter()
                     .map(|l| (l.address.to_ascii_lowercase(), l.members))
                     .collect(),
+                milter: config.milter.listen.is_some(),
                 in_flight: Mutex::new(Vec::new()),
             }),
         }
@@ -319,6 +322,12 @@ impl Notifier {
         let h = &h;
         let config = shell_quote(&self.inner.config_path.display().to_string());
         let thread = shell_quote(&h.thread);
+        let milter = if self.inner.milter {
+            "Messages the milter held are in Postfix's hold queue instead:\n\
+             \x20 postqueue -j   (list),   postsuper -H QUEUE_ID   (release)\n"
+        } else {
+            ""
+        };
         format!(
             "A reply-all storm breaker is open; replies to this thread are being held.\n\
              \n\
@@ -336,6 +345,7 @@ impl Notifier {
              \x20 stormbreaker quarantine --config {config} list --thread {thread}\n\
              If this is not a storm, release everything held on the thread:\n\
              \x20 stormbreaker quarantine --config {config} release --thread {thread}\n\
+             {milter}\
              \n\
              At most one update per thread follows per notify.interval while the breaker stays open.\n",
             h.thread,
@@ -632,7 +642,21 @@ mod tests {
             ),
             "{body}"
         );
-        assert!(text.lines().all(|l| !l.contains('\n')));
+        assert!(!body.contains("postsuper"), "no milter configured");
+
+        c.milter.listen = Some("127.0.0.1:8891".into());
+        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"));
+        let report = ThreadReport {
+            hold: hold("t"),
+            held: 1,
+            opened_at_ms: 0,
+        };
+        let (_, bytes) = n.render(&Outgoing::Alert(report), 0);
+        assert!(
+            String::from_utf8(bytes)
+                .unwrap()
+                .contains("postsuper -H QUEUE_ID")
+        );
     }
 
     #[test]
