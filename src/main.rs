@@ -32,8 +32,9 @@ enum Command {
     Demo,
     /// Inspect, release and delete held messages.
     Quarantine {
-        #[arg(long)]
-        config: PathBuf,
+        /// The policy file (before or after the subcommand).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: stormbreaker::quarantine::cli::Command,
     },
@@ -56,14 +57,14 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config } => {
-            let config = match load(&config) {
+        Command::Run { config: path } => {
+            let config = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             stormbreaker::logging::init(&config.log);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(stormbreaker::service::run(config)) {
+            match runtime.block_on(stormbreaker::service::run(config, &path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("stormbreaker: {e:#}");
@@ -82,6 +83,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Quarantine { config, command } => {
+            let Some(config) = config else {
+                eprintln!("stormbreaker quarantine: --config FILE is required");
+                return ExitCode::from(2);
+            };
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,

@@ -1,1 +1,3 @@
-//! (to be written)
+//! Operations: metrics (and, with the engine, the admin API).
+
+pub mod metric;

@@ -1,8 +1,6 @@
 //! The proxy listener: accepts clients within the connection limit, runs a session for each,
 //! and on shutdown stops accepting, lets sessions finish up to the grace time, then stops them.
 
-use crate::config::Config;
-use crate::engine::Engine;
 use crate::reply;
 use crate::service::Shutdown;
 use crate::smtp::session::{Session, Shared, Signals};
@@ -13,20 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 pub async fn serve(
-    config: Arc<Config>,
-    engine: Arc<Engine>,
+    shared: Arc<Shared>,
     listener: TcpListener,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let max = config.proxy.max_connections;
+    let max = shared.config.proxy.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = Signals {
         draining: shutdown.clone(),
         stop: stop_rx,
     };
-    let grace = config.proxy.shutdown_grace;
-    let shared = Arc::new(Shared { config, engine });
+    let grace = shared.config.proxy.shutdown_grace;
     let ids = SessionIds::new();
 
     loop {

@@ -1,6 +1,7 @@
 //! The DATA phase: read the message, ask the engine once the headers are known, then stream it
 //! to the upstream, hold it, or refuse it, always reading the client to its real end of data.
 
+use crate::quarantine::HoldWriter;
 use crate::reply;
 use crate::smtp::data::{self, DataDecoder, DataFlaws};
 use crate::smtp::session::{Flow, Read, Session};
@@ -16,6 +17,8 @@ enum Sink {
     Undecided,
     /// The upstream said 354; content is streamed, dot-stuffed.
     Upstream,
+    /// A breaker holds it: content goes to a quarantine temp file, committed at the end.
+    Hold(Box<HoldWriter>),
     /// Read to the end, then answer with this.
     Refuse(Refusal),
 }
@@ -141,11 +144,12 @@ impl Receiver {
             return;
         };
         let headers = &self.headers[..header_len];
-        self.verdict = s
-            .shared
-            .engine
-            .decide(&tx.envelope, headers, crate::now_ms())
-            .await;
+        let now = crate::now_ms();
+        self.verdict = s.shared.engine.decide(&tx.envelope, headers, now).await;
+        if let (Some(opened), Some(notifier)) = (&self.verdict.opened, &s.shared.notifier) {
+            metrics::counter!(crate::admin::metric::BREAKERS_OPENED).increment(1);
+            notifier.breaker_opened(opened, now);
+        }
         self.sink = match self.verdict.action {
             Action::Deliver => match s.upstream.as_mut() {
                 None => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
@@ -158,8 +162,19 @@ impl Receiver {
                     }
                 },
             },
-            // The quarantine store is wired in with the quarantine feature.
-            Action::Quarantine => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
+            Action::Quarantine => match &s.shared.quarantine {
+                Some(q) => {
+                    let q = q.clone();
+                    match tokio::task::spawn_blocking(move || q.begin()).await {
+                        Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
+                        failed => {
+                            tracing::error!(session = %s.id, error = ?failed.map(|r| r.err()), "cannot start a held message; client told 451");
+                            Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
+                        }
+                    }
+                }
+                None => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
+            },
             Action::Reject | Action::Tempfail => {
                 Sink::Refuse(Refusal::Policy(Box::new(self.verdict.clone())))
             }
@@ -171,6 +186,25 @@ impl Receiver {
             return;
         }
         self.ends_with_crlf = content.ends_with(b"\r\n");
+        if let Sink::Hold(_) = self.sink {
+            let Sink::Hold(mut writer) = std::mem::replace(&mut self.sink, Sink::Undecided) else {
+                return;
+            };
+            let chunk = content.to_vec();
+            let written = tokio::task::spawn_blocking(move || {
+                let r = writer.write_all(&chunk);
+                (writer, r)
+            })
+            .await;
+            self.sink = match written {
+                Ok((writer, Ok(()))) => Sink::Hold(writer),
+                failed => {
+                    tracing::error!(session = %s.id, error = ?failed.map(|(_, r)| r.err()), "cannot write a held message; client told 451");
+                    Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
+                }
+            };
+            return;
+        }
         if let Sink::Upstream = self.sink {
             self.wire.clear();
             data::stuff(content, &mut self.at_line_start, &mut self.wire);
@@ -199,7 +233,7 @@ impl Receiver {
     async fn finish(&mut self, s: &mut Session, flaws: DataFlaws) -> String {
         if flaws.any() {
             // Nothing went upstream past DATA (abandon dropped it); end the transaction there.
-            s.reset_transaction().await;
+            s.reset_upstream().await;
             return if flaws.too_big {
                 reply::SIZE_EXCEEDED
             } else if flaws.bare_newline {
@@ -236,12 +270,16 @@ impl Receiver {
                     }
                 }
             }
+            Sink::Hold(writer) => {
+                s.reset_upstream().await;
+                self.commit_hold(s, writer).await
+            }
             Sink::Refuse(Refusal::Policy(v)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 policy_reply(&v)
             }
             Sink::Refuse(Refusal::Upstream(r)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 if r.code >= 400 {
                     String::from_utf8_lossy(&r.raw).into_owned()
                 } else {
@@ -253,11 +291,45 @@ impl Receiver {
                 reply::UPSTREAM_FAILED.to_string()
             }
             Sink::Refuse(Refusal::Local(text)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 text.to_string()
             }
             Sink::Refuse(Refusal::Flawed) | Sink::Undecided => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
+                reply::LOCAL_ERROR.to_string()
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// Makes the held message durable; only then does the client hear 250.
+    async fn commit_hold(&mut self, s: &mut Session, writer: Box<HoldWriter>) -> String {
+        let (Some(tx), Some(hold)) = (s.tx.as_ref(), self.verdict.hold.clone()) else {
+            return reply::LOCAL_ERROR.to_string();
+        };
+        let envelope = tx.envelope.clone();
+        let headers = std::mem::take(&mut self.headers);
+        let committed = {
+            let (envelope, hold) = (envelope.clone(), hold.clone());
+            tokio::task::spawn_blocking(move || {
+                let r = writer.commit(&envelope, &hold, &headers);
+                (r, headers)
+            })
+            .await
+        };
+        match committed {
+            Ok((Ok(id), headers)) => {
+                self.headers = headers;
+                metrics::counter!(crate::admin::metric::HELD).increment(1);
+                if let Some(notifier) = &s.shared.notifier {
+                    notifier.message_held(&envelope, &hold, crate::now_ms());
+                }
+                tracing::warn!(session = %s.id, id = %id, thread = %hold.thread, list = hold.list.as_deref().unwrap_or(""), breaker = hold.breaker, reason = %hold.reason, "message held in quarantine");
+                format!("250 2.0.0 {id} held: reply-all storm protection, thread under review\r\n")
+            }
+            failed => {
+                tracing::error!(session = %s.id, error = ?failed.map(|(r, _)| r.err()), "cannot commit a held message; client told 451");
                 reply::LOCAL_ERROR.to_string()
             }
         }
