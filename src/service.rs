@@ -11,7 +11,7 @@ pub type Shutdown = watch::Receiver<bool>;
 /// Runs the proxy and/or the milter until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let engine = Arc::new(Engine::new(&config));
+    let engine = Arc::new(Engine::new(&config)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 

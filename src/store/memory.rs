@@ -298,7 +298,7 @@ mod tests {
         let a = ThreadKey::new("mid:a@x");
         let s = ThreadKey::new("subj:hello");
         observe(&store, &[a.clone(), s.clone()], 1, T_MS).await;
-        observe(&store, &[s.clone()], 2, T_MS + 1000).await;
+        observe(&store, std::slice::from_ref(&s), 2, T_MS + 1000).await;
         let out = observe(&store, &[a.clone(), s.clone()], 3, T_MS + 2000).await;
         assert_eq!(out[0].count, 2);
         assert!(!out[0].opened);
