@@ -613,6 +613,8 @@ mod tests {
             window: None,
             block_for: None,
             action: None,
+            fast_senders: None,
+            me_too_messages: None,
         });
         let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"));
         let mut h = hold("subj:it's quarterly\r\nBcc: x@evil.test");
