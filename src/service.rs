@@ -46,6 +46,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
+    let metrics = crate::admin::metrics_handle();
+    if let Some(listen) = config.admin.listen {
+        tasks.spawn(crate::admin::serve(
+            listen,
+            engine.clone(),
+            metrics,
+            stop_rx.clone(),
+        ));
+    }
     if let Some(listen) = config.milter.listen.clone() {
         tasks.spawn(crate::milter::serve(
             config.clone(),

@@ -318,6 +318,7 @@ impl Session {
 
     /// The upstream failed mid-transaction: drop it (it abandons the transaction), 451 4.4.2.
     pub(crate) fn upstream_lost(&mut self, e: UpstreamError) -> Flow {
+        metrics::counter!(crate::admin::metric::UPSTREAM_FAILURES).increment(1);
         tracing::warn!(session = %self.id, client = %self.peer, error = %e, "upstream lost; transaction abandoned");
         self.upstream = None;
         self.tx = None;

@@ -371,6 +371,12 @@ fn header_block_len(buf: &[u8], at_end: bool) -> Option<usize> {
 
 fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &str) {
     let Some(tx) = s.tx.as_ref() else { return };
+    let decision = if final_reply.starts_with('2') || verdict.action != Action::Deliver {
+        verdict.label()
+    } else {
+        "refused"
+    };
+    metrics::counter!(crate::admin::metric::MESSAGES, "decision" => decision).increment(1);
     let upstream = final_reply.trim_end().rsplit("\r\n").next().unwrap_or("");
     let hold = verdict.hold.as_ref();
     tracing::info!(
@@ -380,7 +386,7 @@ fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &st
         rcpts = tx.envelope.rcpts.len(),
         size,
         reply = %upstream,
-        decision = verdict.label(),
+        decision,
         thread = hold.map(|h| h.thread.as_str()).unwrap_or(""),
         list = hold.and_then(|h| h.list.as_deref()).unwrap_or(""),
         breaker = hold.map(|h| h.breaker).unwrap_or(""),
