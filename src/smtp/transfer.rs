@@ -40,6 +40,8 @@ struct Receiver {
     at_line_start: bool,
     /// The content so far ends with CRLF (or is empty).
     ends_with_crlf: bool,
+    /// The final dot went upstream with the last content.
+    dot_sent: bool,
 }
 
 /// Handles DATA from the 354 to the final reply.
@@ -71,19 +73,23 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         wire: Vec::with_capacity(16 * 1024),
         at_line_start: true,
         ends_with_crlf: true,
+        dot_sent: false,
     };
     let mut content = Vec::with_capacity(16 * 1024);
-    loop {
+    let violation = loop {
         content.clear();
         let end = decoder.decode(&s.inbuf, &mut content);
         s.inbuf.drain(..end.unwrap_or(s.inbuf.len()));
-        if decoder.flaws.any() {
+        // Bytes after the end of data before our reply: checked before anything more goes
+        // upstream, so the final dot is never sent for such a message.
+        let violation = end.is_some() && !s.inbuf.is_empty();
+        if decoder.flaws.any() || violation {
             rx.abandon(s, Refusal::Flawed);
         } else {
             rx.feed(s, &content, end.is_some()).await;
         }
         if end.is_some() {
-            break;
+            break violation;
         }
         let _ = s.flush().await;
         let outcome = s.read_more(cfg.proxy.data_timeout).await;
@@ -102,8 +108,8 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
             }
             return Flow::Close;
         }
-    }
-    if !s.inbuf.is_empty() {
+    };
+    if violation {
         // Bytes after the end of data before our reply: a pipelining violation, and the
         // signature of a smuggling attempt. Deliver nothing and hang up.
         s.upstream = None;
@@ -129,13 +135,13 @@ impl Receiver {
             };
             self.decide(s, header_len).await;
             let buffered = std::mem::take(&mut self.headers);
-            self.push(s, &buffered).await;
+            self.push(s, &buffered, at_end).await;
             // Keep the header block for logs and the hold record.
             self.headers = buffered;
             self.headers.truncate(header_len);
             return;
         }
-        self.push(s, content).await;
+        self.push(s, content, at_end).await;
     }
 
     async fn decide(&mut self, s: &mut Session, header_len: usize) {
@@ -181,11 +187,15 @@ impl Receiver {
         };
     }
 
-    async fn push(&mut self, s: &mut Session, content: &[u8]) {
-        if content.is_empty() {
+    /// Sends content on; with `at_end`, the final dot goes in the same write (one syscall and
+    /// one wake-up of the upstream less per message).
+    async fn push(&mut self, s: &mut Session, content: &[u8], at_end: bool) {
+        if content.is_empty() && !at_end {
             return;
         }
-        self.ends_with_crlf = content.ends_with(b"\r\n");
+        if !content.is_empty() {
+            self.ends_with_crlf = content.ends_with(b"\r\n");
+        }
         if let Sink::Hold(_) = self.sink {
             let Sink::Hold(mut writer) = std::mem::replace(&mut self.sink, Sink::Undecided) else {
                 return;
@@ -208,6 +218,11 @@ impl Receiver {
         if let Sink::Upstream = self.sink {
             self.wire.clear();
             data::stuff(content, &mut self.at_line_start, &mut self.wire);
+            if at_end {
+                self.wire
+                    .extend_from_slice(data::end_of_data(self.ends_with_crlf));
+                self.dot_sent = true;
+            }
             let written = match s.upstream.as_mut() {
                 Some(up) => up.write(&self.wire).await,
                 None => Err(UpstreamError::Closed),
@@ -248,10 +263,13 @@ impl Receiver {
                 let Some(up) = s.upstream.as_mut() else {
                     return reply::UPSTREAM_FAILED.to_string();
                 };
-                let end = data::end_of_data(self.ends_with_crlf);
-                let result = match up.write(end).await {
-                    Ok(()) => up.read_reply().await,
-                    Err(e) => Err(e),
+                let result = if self.dot_sent {
+                    up.read_reply().await
+                } else {
+                    match up.write(data::end_of_data(self.ends_with_crlf)).await {
+                        Ok(()) => up.read_reply().await,
+                        Err(e) => Err(e),
+                    }
                 };
                 match result {
                     Ok(r) if r.code >= 200 && r.code < 300 || r.code >= 400 => {
