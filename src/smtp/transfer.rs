@@ -42,6 +42,10 @@ struct Receiver {
     ends_with_crlf: bool,
     /// The final dot went upstream with the last content.
     dot_sent: bool,
+    /// DATA was sent upstream when the client sent it (its 354 comes back while the client
+    /// sends content). Until the final dot, the only way out is dropping the connection: a
+    /// command sent now would be message content.
+    upstream_in_data: bool,
 }
 
 /// Handles DATA from the 354 to the final reply.
@@ -60,6 +64,17 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         return Flow::Continue;
     }
     s.reply(reply::START_DATA.as_bytes());
+    let upstream_in_data = match s.upstream.as_mut() {
+        Some(up) => match up.write(b"DATA\r\n").await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(session = %s.id, error = %e, "upstream lost at DATA");
+                s.upstream = None;
+                false
+            }
+        },
+        None => false,
+    };
     let cfg = s.shared.config.clone();
     let mut decoder = DataDecoder::new(
         cfg.proxy.bare_newline,
@@ -74,6 +89,7 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         at_line_start: true,
         ends_with_crlf: true,
         dot_sent: false,
+        upstream_in_data,
     };
     let mut content = Vec::with_capacity(16 * 1024);
     let violation = loop {
@@ -156,17 +172,24 @@ impl Receiver {
             metrics::counter!(crate::admin::metric::BREAKERS_OPENED).increment(1);
             notifier.breaker_opened(opened, now);
         }
+        if self.verdict.action != Action::Deliver {
+            // Held or refused: the upstream must never see this message's final dot.
+            self.leave_data(s);
+        }
         self.sink = match self.verdict.action {
             Action::Deliver => match s.upstream.as_mut() {
-                None => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
-                Some(up) => match up.command(b"DATA\r\n").await {
+                Some(up) if self.upstream_in_data => match up.read_reply().await {
                     Ok(r) if r.code == 354 => Sink::Upstream,
-                    Ok(r) => Sink::Refuse(Refusal::Upstream(r)),
+                    Ok(r) => {
+                        self.upstream_in_data = false;
+                        Sink::Refuse(Refusal::Upstream(r))
+                    }
                     Err(e) => {
-                        s.upstream = None;
+                        self.leave_data(s);
                         Sink::Refuse(Refusal::UpstreamLost(e))
                     }
                 },
+                _ => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
             },
             Action::Quarantine => match &s.shared.quarantine {
                 Some(q) => {
@@ -236,16 +259,25 @@ impl Receiver {
 
     /// Stops relaying: an upstream mid-DATA is dropped so it can never see a final dot.
     fn abandon(&mut self, s: &mut Session, why: Refusal) {
-        if let Sink::Upstream = self.sink {
-            s.upstream = None;
-        }
+        self.leave_data(s);
         if !matches!(self.sink, Sink::Refuse(_)) {
             self.sink = Sink::Refuse(why);
         }
     }
 
+    /// Drops an upstream that is inside DATA: closing is the only abort that cannot deliver.
+    fn leave_data(&mut self, s: &mut Session) {
+        if self.upstream_in_data {
+            s.upstream = None;
+            self.upstream_in_data = false;
+        }
+    }
+
     /// After the end of data: the one reply the client gets for this message.
     async fn finish(&mut self, s: &mut Session, flaws: DataFlaws) -> String {
+        if !matches!(self.sink, Sink::Upstream) {
+            self.leave_data(s);
+        }
         if flaws.any() {
             // Nothing went upstream past DATA (abandon dropped it); end the transaction there.
             s.reset_upstream().await;
@@ -263,6 +295,7 @@ impl Receiver {
                 let Some(up) = s.upstream.as_mut() else {
                     return reply::UPSTREAM_FAILED.to_string();
                 };
+                self.upstream_in_data = false;
                 let result = if self.dot_sent {
                     up.read_reply().await
                 } else {
