@@ -571,3 +571,43 @@ fn sigterm_grace_over_gives_421_mid_transaction() {
     assert!(r.starts_with("421"), "{r}");
     assert!(proxy.wait_exit(Duration::from_secs(30)).is_some());
 }
+
+/// Checklist line 18: deadlines, not idle timers. A client trickling bytes is cut off.
+#[test]
+fn a_client_trickling_bytes_is_cut_off() {
+    use std::io::Write;
+    let w = world();
+    let strict = Proxy::start(
+        w.postfix.port,
+        "command_timeout = \"2s\"\ndata_timeout = \"2s\"\nmin_data_rate = 500",
+        "",
+    );
+    // A command, one byte every 300 ms: 12 bytes would take 3.6 s.
+    let mut c = Raw::connect(strict.port);
+    let mut cut = false;
+    for b in b"NOOP trickle\r\n" {
+        if c.reader.get_mut().write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = c.reply();
+    assert!(cut || r.starts_with("421 4.4.2"), "command trickle: {r}");
+    // DATA, one byte every 300 ms: far below 500 bytes per second.
+    let mut c = Raw::connect(strict.port);
+    c.cmd("EHLO trickle.test");
+    assert!(c.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut cut = false;
+    for b in b"Subject: slow\r\n\r\nso slow\r\n".iter().cycle().take(40) {
+        if c.reader.get_mut().write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = c.reply();
+    assert!(cut || r.starts_with("421 4.4.2"), "data trickle: {r}");
+}

@@ -21,7 +21,6 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
 
 /// What every session shares.
 pub struct Shared {
@@ -385,6 +384,7 @@ impl Session {
     /// The next command line, or None when the session should end (replies already queued).
     async fn read_command(&mut self) -> Option<Vec<u8>> {
         let max = self.config().proxy.max_command_length;
+        let deadline = Instant::now() + self.config().proxy.command_timeout;
         let mut discarding = false;
         loop {
             match command::next_line(&self.inbuf, max) {
@@ -424,7 +424,7 @@ impl Session {
                 return None;
             }
             self.flush().await.ok()?;
-            match self.read_more(self.config().proxy.command_timeout).await {
+            match self.read_more(deadline).await {
                 Read::Data => {}
                 Read::Closed => return None,
                 Read::TimedOut => {
@@ -439,8 +439,8 @@ impl Session {
         }
     }
 
-    /// Reads more client bytes into `inbuf`, bounded by `limit` and by shutdown.
-    pub(crate) async fn read_more(&mut self, limit: std::time::Duration) -> Read {
+    /// Reads more client bytes into `inbuf`, until `deadline` at the latest, or shutdown.
+    pub(crate) async fn read_more(&mut self, deadline: Instant) -> Read {
         if self.inbuf.capacity() - self.inbuf.len() < 4096 {
             self.inbuf.reserve(16 * 1024);
         }
@@ -449,7 +449,7 @@ impl Session {
         let idle = self.tx.is_none();
         loop {
             tokio::select! {
-                r = timeout(limit, self.client.read_buf(&mut self.inbuf)) => {
+                r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.inbuf)) => {
                     return match r {
                         Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                         Ok(Ok(_)) => Read::Data,

@@ -92,6 +92,7 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         upstream_in_data,
     };
     let mut content = Vec::with_capacity(16 * 1024);
+    let started = std::time::Instant::now();
     let violation = loop {
         content.clear();
         let end = decoder.decode(&s.inbuf, &mut content);
@@ -108,7 +109,11 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
             break violation;
         }
         let _ = s.flush().await;
-        let outcome = s.read_more(cfg.proxy.data_timeout).await;
+        // A deadline that grows with what arrived: a client must keep up min_data_rate.
+        let earned = std::time::Duration::from_secs_f64(
+            decoder.wire_bytes() as f64 / cfg.proxy.min_data_rate as f64,
+        );
+        let outcome = s.read_more(started + cfg.proxy.data_timeout + earned).await;
         if !matches!(outcome, Read::Data) {
             // Client gone, too slow, or shutting down: nothing may be delivered.
             s.upstream = None;
