@@ -26,58 +26,62 @@ local RULE_MANUAL = 3
 -- Seconds a key outlives the moment its state stops mattering (clock skew between nodes).
 local GRACE = 60
 
-local FIELDS = {
-  'h', 'w0', 'w1', 'w2', 'w3', 'w4', 'w5', 'w6', 'w7',
-  'sh0', 'sh1', 'sh2', 'sh3', 'sh4', 'sh5', 'sh6', 'sh7',
-  'st0', 'st1', 'st2', 'st3', 'st4', 'st5', 'st6', 'st7',
-  'oa', 'u', 'k', 'r', 'p', 'e', 'ow', 'l',
-}
+-- A thread key's hash: `s` is the state packed little-endian (104 bytes: expires, opened_at,
+-- until, open window, window head (u32), probe (u16), strikes, rule (u8), 8 bucket counts
+-- (u16), 8 sender slots (hash, last seen: u32 each)); `l` is the key's label, written when its
+-- breaker opens. One field instead of one per number keeps the script cheap.
+local PACKED = '<I4I4I4I4I4I2I1I1' .. string.rep('I2', BUCKETS) .. string.rep('I4I4', SLOTS)
+local PACKED_LEN = struct.size(PACKED)
 
 local function sat(x)
   if x > U32 then return U32 end
   return x
 end
 
-local function num(v)
-  return tonumber(v) or 0
+local function fresh()
+  local s = { exists = false, e = 0, oa = 0, u = 0, ow = 0, head = 0, p = 0, k = 0, r = 0,
+              w = {}, sh = {}, st = {}, l = '' }
+  for i = 0, BUCKETS - 1 do s.w[i] = 0 end
+  for i = 0, SLOTS - 1 do s.sh[i], s.st[i] = 0, 0 end
+  return s
 end
 
 -- A state past its expiry is read as absent, as if its key had already expired (the caller's
 -- clock may run ahead of Redis', e.g. in simulations).
-local function load(key, now)
-  local v = redis.call('HMGET', key, unpack(FIELDS))
-  if v[31] ~= false and num(v[31]) <= now then
-    for i = 1, #FIELDS do v[i] = false end
+local function load(key, now, with_label)
+  local packed, label
+  if with_label then
+    local v = redis.call('HMGET', key, 's', 'l')
+    packed, label = v[1], v[2]
+  else
+    packed = redis.call('HGET', key, 's')
   end
-  local s = { exists = v[31] ~= false, head = num(v[1]), w = {}, sh = {}, st = {} }
-  for i = 0, BUCKETS - 1 do s.w[i] = num(v[2 + i]) end
+  if not packed or #packed ~= PACKED_LEN then return fresh() end
+  local v = { struct.unpack(PACKED, packed) }
+  if v[1] <= now then return fresh() end
+  local s = { exists = true, e = v[1], oa = v[2], u = v[3], ow = v[4], head = v[5], p = v[6],
+              k = v[7], r = v[8], w = {}, sh = {}, st = {}, l = label or '' }
+  for i = 0, BUCKETS - 1 do s.w[i] = v[9 + i] end
   for i = 0, SLOTS - 1 do
-    s.sh[i] = num(v[10 + i])
-    s.st[i] = num(v[18 + i])
+    s.sh[i] = v[17 + 2 * i]
+    s.st[i] = v[18 + 2 * i]
   end
-  s.oa, s.u, s.k, s.r, s.p = num(v[26]), num(v[27]), num(v[28]), num(v[29]), num(v[30])
-  s.e, s.ow, s.l = num(v[31]), num(v[32]), v[33] or ''
   return s
 end
 
-local function save(key, s, now)
-  local args = { 'h', s.head }
-  for i = 0, BUCKETS - 1 do
-    args[#args + 1] = 'w' .. i
-    args[#args + 1] = s.w[i]
-  end
+local function save(key, s, now, label)
+  local w, sl = s.w, {}
   for i = 0, SLOTS - 1 do
-    args[#args + 1] = 'sh' .. i
-    args[#args + 1] = s.sh[i]
-    args[#args + 1] = 'st' .. i
-    args[#args + 1] = s.st[i]
+    sl[2 * i + 1] = s.sh[i]
+    sl[2 * i + 2] = s.st[i]
   end
-  for _, f in ipairs({ { 'oa', s.oa }, { 'u', s.u }, { 'k', s.k }, { 'r', s.r }, { 'p', s.p },
-                       { 'e', s.e }, { 'ow', s.ow }, { 'l', s.l } }) do
-    args[#args + 1] = f[1]
-    args[#args + 1] = f[2]
+  local packed = struct.pack(PACKED, s.e, s.oa, s.u, s.ow, s.head, s.p, s.k, s.r,
+    w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], unpack(sl))
+  if label then
+    redis.call('HSET', key, 's', packed, 'l', label)
+  else
+    redis.call('HSET', key, 's', packed)
   end
-  redis.call('HSET', key, unpack(args))
   local ttl = s.e - now
   if ttl < 1 then ttl = 1 end
   redis.call('EXPIRE', key, ttl + GRACE)
@@ -249,23 +253,24 @@ if cmd == 'observe' then
   local max_open = tonumber(ARGV[12])
   local out = {}
   for i = 2, #KEYS do
-    local s = load(KEYS[i], now)
+    local s = load(KEYS[i], now, false)
     local o = observe(s, now, sender, rule, fast, l)
+    local label = nil
     if o[3] == 1 then
-      s.ow, s.l = l.window, ARGV[11 + i]
+      s.ow, label = l.window, ARGV[11 + i]
     end
-    save(KEYS[i], s, now)
+    save(KEYS[i], s, now, label)
     if o[3] == 1 then index_open(index, KEYS[i], s, now, max_open) end
     for _, v in ipairs(o) do out[#out + 1] = v end
   end
   return out
 elseif cmd == 'trip' then
   local now, block, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local s = load(KEYS[2], now)
+  local s = load(KEYS[2], now, false)
   open(s, RULE_MANUAL, now, block)
   touch(s, now, window)
-  s.ow, s.l = window, ARGV[6]
-  save(KEYS[2], s, now)
+  s.ow = window
+  save(KEYS[2], s, now, ARGV[6])
   index_open(index, KEYS[2], s, now, tonumber(ARGV[5]))
   return 1
 elseif cmd == 'reset' then
@@ -276,7 +281,7 @@ elseif cmd == 'open' then
   redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
   local out = {}
   for _, key in ipairs(redis.call('ZRANGEBYSCORE', index, '(' .. now, '+inf')) do
-    local s = load(key, now)
+    local s = load(key, now, true)
     local ph = 0
     if s.exists then ph = phase(s, now, s.ow) end
     if ph == 0 then
