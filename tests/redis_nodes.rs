@@ -135,3 +135,35 @@ fn simultaneous_replies_on_both_nodes_open_exactly_once() {
         }
     });
 }
+
+#[test]
+fn a_node_started_while_redis_is_down_decides_locally_then_uses_redis() {
+    let mut server = RedisServer::not_started();
+    rt().block_on(async {
+        let cfg = config(
+            Some((&server.url(), "late:")),
+            "[policy]\nfast_audience = 0",
+        );
+        let engine = Engine::from_config(&cfg)
+            .await
+            .expect("starts without Redis");
+        let v = storm(&[&engine], "Early storm", &vec![T0; 12]).await;
+        assert_eq!(first_opened(&v), Some(9), "local counters trip");
+        assert!(v[10].hold.is_some());
+
+        server.start();
+        let mut used = false;
+        for i in 0..300 {
+            let env = envelope(&format!("late{i}@atos.test"), &["all@atos.test"]);
+            engine
+                .decide(&env, reply(i, "Late storm").as_bytes(), T0)
+                .await;
+            if server.cli(&["DBSIZE"]).trim() != "0" {
+                used = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(used, "the node never wrote to Redis once it was up");
+    });
+}

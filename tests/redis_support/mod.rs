@@ -23,17 +23,22 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start_new() -> RedisServer {
+        let mut server = RedisServer::not_started();
+        server.start();
+        server
+    }
+
+    /// A free port with no server on it yet (`start` brings one up).
+    pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut server = RedisServer {
+        RedisServer {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
             running: false,
-        };
-        server.start();
-        server
+        }
     }
 
     pub fn url(&self) -> String {
