@@ -5,10 +5,12 @@
 //! thread at the same instant cannot both open its breaker. `redis::Script` loads the script
 //! again after NOSCRIPT (a restart, SCRIPT FLUSH).
 //!
-//! Keys: `{PREFIX}t:<key id>` is a thread key's hash (fields as in `breaker::ThreadState`),
-//! `{PREFIX}open` the sorted set of opened breakers. The prefix is the hash tag, so a script's
-//! keys always sit in one cluster slot. Every key expires a little after its state stops
-//! mattering, and the opened set is trimmed and capped; nothing grows without bound.
+//! Keys: `{PREFIX}t:<key id>` is a thread key's hash (`s`: its `breaker::ThreadState` packed in
+//! 104 bytes, `l`: its label once its breaker opened), `{PREFIX}open` the sorted set of opened
+//! breakers. The prefix is the hash tag, so a script's keys always sit in one cluster slot (one
+//! slot per prefix: the state is small, and sharding it would split a message's keys). Every key
+//! expires a little after its state stops mattering, and the opened set is trimmed and capped;
+//! nothing grows without bound. Times are the nodes' clocks, passed in.
 //!
 //! When Redis fails or answers slower than `state.timeout`, calls return `StoreError` and the
 //! engine falls back (local counters or tempfail). An outage is logged once and counted; while
