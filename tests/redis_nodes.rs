@@ -147,7 +147,7 @@ fn a_node_started_while_redis_is_down_decides_locally_then_uses_redis() {
         let engine = Engine::from_config(&cfg)
             .await
             .expect("starts without Redis");
-        let v = storm(&[&engine], "Early storm", &vec![T0; 12]).await;
+        let v = storm(&[&engine], "Early storm", &[T0; 12]).await;
         assert_eq!(first_opened(&v), Some(9), "local counters trip");
         assert!(v[10].hold.is_some());
 
