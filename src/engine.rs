@@ -203,7 +203,8 @@ impl Engine {
             Ok(outcomes) => Ok(outcomes),
             Err(error) => match self.on_unavailable {
                 StateFallback::Local => {
-                    tracing::warn!(%error, "state store failed; deciding with local counters");
+                    // The store logs each outage once (and its end); per message, debug only.
+                    tracing::debug!(%error, "state store failed; deciding with local counters");
                     let local = self
                         .fallback
                         .get_or_init(|| MemoryStore::new(FALLBACK_MAX_THREADS));

@@ -16,7 +16,7 @@ pub type Shutdown = watch::Receiver<bool>;
 /// (the release command admins are told to run).
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let engine = Arc::new(Engine::new(&config)?);
+    let engine = Arc::new(Engine::from_config(&config).await?);
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
     let notifier = Arc::new(Notifier::new(&config, config_path));

@@ -21,7 +21,6 @@ fn send(port: u16, from: &str, content: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs service wiring: service.rs must build the engine with Engine::from_config"]
 fn two_proxies_on_one_redis_deliver_at_most_trip_replies() {
     let redis = RedisServer::start_new();
     let sink = common::sink();
