@@ -1,5 +1,7 @@
 //! Milter front end (to be written).
 
+pub mod codec;
+
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::service::Shutdown;
