@@ -15,6 +15,7 @@ pub mod session;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::envelope::Envelope;
 use crate::service::Shutdown;
 use crate::verdict::{Action, Verdict};
 use codec::{CodecError, Response};
@@ -40,11 +41,54 @@ pub async fn serve(
     config: Arc<Config>,
     engine: Arc<Engine>,
     listen: String,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let options = Options {
+        trace_header: config.milter.trace_header,
+        shutdown_grace: config.proxy.shutdown_grace,
+    };
+    serve_with(engine, listen, options, shutdown).await
+}
+
+/// What decides about each message: the storm engine, or a scripted stand-in in tests.
+pub trait Decider: Send + Sync + 'static {
+    fn decide(
+        &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        now_ms: u64,
+    ) -> impl Future<Output = Verdict> + Send;
+}
+
+impl Decider for Engine {
+    fn decide(
+        &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        now_ms: u64,
+    ) -> impl Future<Output = Verdict> + Send {
+        Engine::decide(self, envelope, headers, now_ms)
+    }
+}
+
+/// Settings of the milter server.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Add `X-Stormbreaker: <decision>` to messages that go on.
+    pub trace_header: bool,
+    /// On shutdown, how long connections in flight may go on before they are closed.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves the milter protocol on `listen` with `decider` until `shutdown` turns true.
+pub async fn serve_with<D: Decider>(
+    decider: Arc<D>,
+    listen: String,
+    options: Options,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = Listener::bind(&listen).await?;
     tracing::info!(listen = %listen, "milter listening");
-    let trace_header = config.milter.trace_header;
     let mut sessions = JoinSet::new();
     let mut next_id: u64 = 0;
     loop {
@@ -65,10 +109,10 @@ pub async fn serve(
                             "milter: too many connections, closing the new one");
                         continue;
                     }
-                    let engine = engine.clone();
+                    let decider = decider.clone();
                     let id = next_id;
                     sessions.spawn(async move {
-                        run_connection(stream, id, &peer, &engine, trace_header).await
+                        run_connection(stream, id, &peer, &*decider, options.trace_header).await
                     });
                 }
                 Err(e) => {
@@ -81,7 +125,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let grace = config.proxy.shutdown_grace;
+    let grace = options.shutdown_grace;
     if !sessions.is_empty() {
         tracing::info!(sessions = sessions.len(), grace = ?grace, "milter: waiting for connections in flight");
     }
@@ -246,11 +290,11 @@ async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std:
 }
 
 /// Serves one MTA connection; protocol errors end it with a log line, never beyond it.
-async fn run_connection(
+async fn run_connection<D: Decider>(
     stream: Box<dyn Stream>,
     id: u64,
     peer: &str,
-    engine: &Engine,
+    decider: &D,
     trace_header: bool,
 ) {
     let (reader, mut writer) = tokio::io::split(stream);
@@ -278,7 +322,7 @@ async fn run_connection(
             Step::Reply(responses) => responses,
             Step::Close => break,
             Step::Decide(pending) => {
-                let verdict = engine
+                let verdict = decider
                     .decide(&pending.envelope, &pending.headers, crate::now_ms())
                     .await;
                 let responses = session.verdict(&verdict);
