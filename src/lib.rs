@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod envelope;
 pub mod fingerprint;
@@ -21,6 +22,7 @@ pub mod milter;
 pub mod quarantine;
 pub mod reply;
 pub mod service;
+pub mod sink;
 pub mod smtp;
 pub mod store;
 pub mod verdict;

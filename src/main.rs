@@ -28,6 +28,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Replay an Atos-shaped reply-all storm through the proxy and a built-in sink (no MTA).
+    Demo,
     /// Inspect, release and delete held messages.
     Quarantine {
         #[arg(long)]
@@ -37,7 +39,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("stormbreaker: {e}");
         ExitCode::from(2)
@@ -65,6 +67,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("stormbreaker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(stormbreaker::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("stormbreaker demo: {e:#}");
                     ExitCode::FAILURE
                 }
             }

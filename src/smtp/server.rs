@@ -1,16 +1,108 @@
-//! The proxy listener (being written).
+//! The proxy listener: accepts clients within the connection limit, runs a session for each,
+//! and on shutdown stops accepting, lets sessions finish up to the grace time, then stops them.
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::reply;
 use crate::service::Shutdown;
+use crate::smtp::session::{Session, Shared, Signals};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 
 pub async fn serve(
-    _config: Arc<Config>,
-    _engine: Arc<Engine>,
-    _listener: TcpListener,
-    _shutdown: Shutdown,
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("the proxy is not written yet")
+    let max = config.proxy.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = Signals {
+        draining: shutdown.clone(),
+        stop: stop_rx,
+    };
+    let grace = config.proxy.shutdown_grace;
+    let shared = Arc::new(Shared { config, engine });
+    let ids = SessionIds::new();
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(client = %peer, limit = max, "connection limit reached; 421");
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ = stream.write_all(reply::TOO_MANY_CONNECTIONS.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                };
+                let session = Session::new(shared.clone(), stream, peer, ids.next(), signals.clone());
+                tokio::spawn(async move {
+                    session.run().await;
+                    drop(permit);
+                });
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let in_flight = max - slots.available_permits();
+    tracing::info!(sessions = in_flight, grace = ?grace, "proxy stopped accepting; draining");
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        let left = max - slots.available_permits();
+        tracing::warn!(
+            sessions = left,
+            "grace time over; closing remaining sessions with 421"
+        );
+        let _ = stop_tx.send(true);
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), slots.acquire_many(all)).await;
+    }
+    tracing::info!("proxy stopped");
+    Ok(())
+}
+
+/// Short session ids, unique within a process and unlikely to repeat across restarts.
+struct SessionIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl SessionIds {
+    fn new() -> Self {
+        SessionIds {
+            prefix: rand::random::<u32>() & 0xffff,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{:04x}{:06x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
+# tests talk to (Postfix, Redis, swaks) when they are missing, then runs formatting, lints and
+# every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v postfix >/dev/null || need+=(postfix)
+command -v smtp-sink >/dev/null || need+=(postfix)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v swaks >/dev/null || need+=(swaks)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: missing ${need[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "installing ${need[*]}"
+  apt-get update -q
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix redis-server swaks >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

@@ -1,0 +1,331 @@
+//! The DATA phase: read the message, ask the engine once the headers are known, then stream it
+//! to the upstream, hold it, or refuse it, always reading the client to its real end of data.
+
+use crate::reply;
+use crate::smtp::data::{self, DataDecoder, DataFlaws};
+use crate::smtp::session::{Flow, Read, Session};
+use crate::smtp::upstream::{Reply, UpstreamError};
+use crate::verdict::{Action, Verdict};
+
+/// Headers beyond this are not waited for: the engine decides on what it has.
+const MAX_HEADER_BLOCK: usize = 1024 * 1024;
+
+/// Where the message content goes once the verdict is known.
+enum Sink {
+    /// Still reading the header block.
+    Undecided,
+    /// The upstream said 354; content is streamed, dot-stuffed.
+    Upstream,
+    /// Read to the end, then answer with this.
+    Refuse(Refusal),
+}
+
+enum Refusal {
+    Policy(Box<Verdict>),
+    /// The upstream refused DATA.
+    Upstream(Reply),
+    UpstreamLost(UpstreamError),
+    Flawed,
+    Local(&'static str),
+}
+
+struct Receiver {
+    headers: Vec<u8>,
+    sink: Sink,
+    verdict: Verdict,
+    wire: Vec<u8>,
+    at_line_start: bool,
+    /// The content so far ends with CRLF (or is empty).
+    ends_with_crlf: bool,
+}
+
+/// Handles DATA from the 354 to the final reply.
+pub(crate) async fn data(s: &mut Session) -> Flow {
+    let Some(tx) = s.tx.as_ref() else {
+        s.reply(reply::NEED_MAIL.as_bytes());
+        return Flow::Continue;
+    };
+    if tx.envelope.rcpts.is_empty() {
+        let text = if tx.rcpt_attempts == 0 {
+            reply::NEED_RCPT
+        } else {
+            reply::NO_VALID_RCPT
+        };
+        s.reply(text.as_bytes());
+        return Flow::Continue;
+    }
+    s.reply(reply::START_DATA.as_bytes());
+    let cfg = s.shared.config.clone();
+    let mut decoder = DataDecoder::new(
+        cfg.proxy.bare_newline,
+        cfg.proxy.max_line_length,
+        s.offered.size_limit,
+    );
+    let mut rx = Receiver {
+        headers: Vec::new(),
+        sink: Sink::Undecided,
+        verdict: Verdict::DELIVER,
+        wire: Vec::with_capacity(16 * 1024),
+        at_line_start: true,
+        ends_with_crlf: true,
+    };
+    let mut content = Vec::with_capacity(16 * 1024);
+    loop {
+        content.clear();
+        let end = decoder.decode(&s.inbuf, &mut content);
+        s.inbuf.drain(..end.unwrap_or(s.inbuf.len()));
+        if decoder.flaws.any() {
+            rx.abandon(s, Refusal::Flawed);
+        } else {
+            rx.feed(s, &content, end.is_some()).await;
+        }
+        if end.is_some() {
+            break;
+        }
+        let _ = s.flush().await;
+        let outcome = s.read_more(cfg.proxy.data_timeout).await;
+        if !matches!(outcome, Read::Data) {
+            // Client gone, too slow, or shutting down: nothing may be delivered.
+            s.upstream = None;
+            s.tx = None;
+            let text = match outcome {
+                Read::TimedOut => Some(reply::TIMEOUT),
+                Read::Stopped => Some(reply::SERVICE_UNAVAILABLE),
+                _ => None,
+            };
+            tracing::info!(session = %s.id, client = %s.peer, "client stopped mid-DATA; upstream transaction abandoned");
+            if let Some(text) = text {
+                s.reply(text.as_bytes());
+            }
+            return Flow::Close;
+        }
+    }
+    if !s.inbuf.is_empty() {
+        // Bytes after the end of data before our reply: a pipelining violation, and the
+        // signature of a smuggling attempt. Deliver nothing and hang up.
+        s.upstream = None;
+        s.tx = None;
+        tracing::warn!(session = %s.id, client = %s.peer, "data after end of data before reply; closing");
+        s.reply(reply::PIPELINING_VIOLATION.as_bytes());
+        return Flow::Close;
+    }
+    let size = decoder.size();
+    let final_reply = rx.finish(s, decoder.flaws).await;
+    log_transaction(s, size, &rx.verdict, &final_reply);
+    s.reply(final_reply.as_bytes());
+    s.tx = None;
+    Flow::Continue
+}
+
+impl Receiver {
+    async fn feed(&mut self, s: &mut Session, content: &[u8], at_end: bool) {
+        if let Sink::Undecided = self.sink {
+            self.headers.extend_from_slice(content);
+            let Some(header_len) = header_block_len(&self.headers, at_end) else {
+                return;
+            };
+            self.decide(s, header_len).await;
+            let buffered = std::mem::take(&mut self.headers);
+            self.push(s, &buffered).await;
+            // Keep the header block for logs and the hold record.
+            self.headers = buffered;
+            self.headers.truncate(header_len);
+            return;
+        }
+        self.push(s, content).await;
+    }
+
+    async fn decide(&mut self, s: &mut Session, header_len: usize) {
+        let Some(tx) = s.tx.as_ref() else {
+            self.sink = Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR));
+            return;
+        };
+        let headers = &self.headers[..header_len];
+        self.verdict = s
+            .shared
+            .engine
+            .decide(&tx.envelope, headers, crate::now_ms())
+            .await;
+        self.sink = match self.verdict.action {
+            Action::Deliver => match s.upstream.as_mut() {
+                None => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
+                Some(up) => match up.command(b"DATA\r\n").await {
+                    Ok(r) if r.code == 354 => Sink::Upstream,
+                    Ok(r) => Sink::Refuse(Refusal::Upstream(r)),
+                    Err(e) => {
+                        s.upstream = None;
+                        Sink::Refuse(Refusal::UpstreamLost(e))
+                    }
+                },
+            },
+            // The quarantine store is wired in with the quarantine feature.
+            Action::Quarantine => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
+            Action::Reject | Action::Tempfail => {
+                Sink::Refuse(Refusal::Policy(Box::new(self.verdict.clone())))
+            }
+        };
+    }
+
+    async fn push(&mut self, s: &mut Session, content: &[u8]) {
+        if content.is_empty() {
+            return;
+        }
+        self.ends_with_crlf = content.ends_with(b"\r\n");
+        if let Sink::Upstream = self.sink {
+            self.wire.clear();
+            data::stuff(content, &mut self.at_line_start, &mut self.wire);
+            let written = match s.upstream.as_mut() {
+                Some(up) => up.write(&self.wire).await,
+                None => Err(UpstreamError::Closed),
+            };
+            if let Err(e) = written {
+                s.upstream = None;
+                self.sink = Sink::Refuse(Refusal::UpstreamLost(e));
+            }
+        }
+    }
+
+    /// Stops relaying: an upstream mid-DATA is dropped so it can never see a final dot.
+    fn abandon(&mut self, s: &mut Session, why: Refusal) {
+        if let Sink::Upstream = self.sink {
+            s.upstream = None;
+        }
+        if !matches!(self.sink, Sink::Refuse(_)) {
+            self.sink = Sink::Refuse(why);
+        }
+    }
+
+    /// After the end of data: the one reply the client gets for this message.
+    async fn finish(&mut self, s: &mut Session, flaws: DataFlaws) -> String {
+        if flaws.any() {
+            // Nothing went upstream past DATA (abandon dropped it); end the transaction there.
+            s.reset_transaction().await;
+            return if flaws.too_big {
+                reply::SIZE_EXCEEDED
+            } else if flaws.bare_newline {
+                reply::BARE_NEWLINE
+            } else {
+                reply::DATA_LINE_TOO_LONG
+            }
+            .to_string();
+        }
+        match std::mem::replace(&mut self.sink, Sink::Undecided) {
+            Sink::Upstream => {
+                let Some(up) = s.upstream.as_mut() else {
+                    return reply::UPSTREAM_FAILED.to_string();
+                };
+                let end = data::end_of_data(self.ends_with_crlf);
+                let result = match up.write(end).await {
+                    Ok(()) => up.read_reply().await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(r) if r.code >= 200 && r.code < 300 || r.code >= 400 => {
+                        String::from_utf8_lossy(&r.raw).into_owned()
+                    }
+                    Ok(r) => {
+                        // 1xx/3xx where a final reply is due: not success (checklist 15).
+                        tracing::warn!(session = %s.id, reply = %r.summary(), "unexpected upstream reply to end of data");
+                        s.upstream = None;
+                        reply::UPSTREAM_BAD_REPLY.to_string()
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %s.id, error = %e, "upstream lost after end of data; client told 451");
+                        s.upstream = None;
+                        reply::UPSTREAM_FAILED.to_string()
+                    }
+                }
+            }
+            Sink::Refuse(Refusal::Policy(v)) => {
+                s.reset_transaction().await;
+                policy_reply(&v)
+            }
+            Sink::Refuse(Refusal::Upstream(r)) => {
+                s.reset_transaction().await;
+                if r.code >= 400 {
+                    String::from_utf8_lossy(&r.raw).into_owned()
+                } else {
+                    reply::UPSTREAM_BAD_REPLY.to_string()
+                }
+            }
+            Sink::Refuse(Refusal::UpstreamLost(e)) => {
+                tracing::warn!(session = %s.id, error = %e, "upstream lost during DATA; client told 451");
+                reply::UPSTREAM_FAILED.to_string()
+            }
+            Sink::Refuse(Refusal::Local(text)) => {
+                s.reset_transaction().await;
+                text.to_string()
+            }
+            Sink::Refuse(Refusal::Flawed) | Sink::Undecided => {
+                s.reset_transaction().await;
+                reply::LOCAL_ERROR.to_string()
+            }
+        }
+    }
+}
+
+/// The reply for a policy refusal, with the engine's explanation.
+fn policy_reply(v: &Verdict) -> String {
+    let reason = v
+        .hold
+        .as_ref()
+        .map(|h| h.reason.as_str())
+        .unwrap_or("Reply-all storm protection");
+    let code = match v.action {
+        Action::Tempfail => reply::POLICY_TEMPFAIL,
+        _ => reply::POLICY_REJECT,
+    };
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(400)
+        .collect();
+    format!("{code} {reason}\r\n")
+}
+
+/// Length of the header block (through its empty line) once it is complete.
+fn header_block_len(buf: &[u8], at_end: bool) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        return Some(0);
+    }
+    if let Some(pos) = memchr::memmem::find(buf, b"\r\n\r\n") {
+        return Some(pos + 4);
+    }
+    if at_end || buf.len() >= MAX_HEADER_BLOCK {
+        return Some(buf.len());
+    }
+    None
+}
+
+fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &str) {
+    let Some(tx) = s.tx.as_ref() else { return };
+    let upstream = final_reply.trim_end().rsplit("\r\n").next().unwrap_or("");
+    let hold = verdict.hold.as_ref();
+    tracing::info!(
+        session = %s.id,
+        client = %s.peer,
+        from = %tx.envelope.mail_from,
+        rcpts = tx.envelope.rcpts.len(),
+        size,
+        reply = %upstream,
+        decision = verdict.label(),
+        thread = hold.map(|h| h.thread.as_str()).unwrap_or(""),
+        list = hold.and_then(|h| h.list.as_deref()).unwrap_or(""),
+        breaker = hold.map(|h| h.breaker).unwrap_or(""),
+        ms = tx.started.elapsed().as_millis() as u64,
+        "transaction"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_block_ends_at_the_empty_line() {
+        assert_eq!(header_block_len(b"A: b\r\n\r\nbody", false), Some(8));
+        assert_eq!(header_block_len(b"A: b\r\n", false), None);
+        assert_eq!(header_block_len(b"A: b\r\n", true), Some(6));
+        assert_eq!(header_block_len(b"\r\nbody", false), Some(0));
+    }
+}

@@ -1,0 +1,424 @@
+//! Shared harness for integration tests: free ports, a private Postfix instance, the proxy as a
+//! real process, a recording sink, and real clients (swaks, raw sockets for crafted bytes).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use stormbreaker::sink::RecordingSink;
+
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// A new recording sink on a free loopback port.
+pub fn sink() -> RecordingSink {
+    runtime()
+        .block_on(RecordingSink::start("127.0.0.1:0"))
+        .expect("start recording sink")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `cond` until it holds or `limit` passes (a wait for asynchronous delivery, not a
+/// timing assertion). Returns whether it held.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed: run the README's test command (.ci/run), which installs it"
+    );
+}
+
+pub fn wait_port(port: u16, limit: Duration) -> bool {
+    wait_for(limit, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
+/// A private Postfix instance listening on `port`, relaying everything to `relay_port`.
+pub struct Postfix {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Postfix {
+    pub fn start(relay_port: u16, extra_main_cf: &str) -> Postfix {
+        require_tool("postfix");
+        let base = tempfile::Builder::new()
+            .prefix("sb-postfix-")
+            .tempdir_in("/tmp")
+            .expect("tempdir")
+            .keep();
+        let port = free_port();
+        let name = base.file_name().unwrap().to_string_lossy().to_string();
+        let log = PathBuf::from(format!("/var/log/{name}.log"));
+        std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for d in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        run_ok(
+            Command::new("chown")
+                .arg("postfix:postfix")
+                .arg(base.join("data")),
+        );
+        let d = base.display();
+        let main_cf = format!(
+            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
+command_directory = /usr/sbin\ndaemon_directory = /usr/lib/postfix/sbin\nmail_owner = postfix\n\
+setgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmydestination =\n\
+mynetworks = 127.0.0.0/8\nrelayhost = [127.0.0.1]:{relay_port}\n\
+smtpd_relay_restrictions = permit_mynetworks, reject\nalias_maps =\nalias_database =\n\
+maillog_file = {log}\nsmtp_host_lookup = native\n{extra_main_cf}\n",
+            log = log.display()
+        );
+        std::fs::write(base.join("conf/main.cf"), main_cf).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("master.cf");
+        let master: String = master
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtp ") && l.contains(" inet ") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(base.join("conf/master.cf"), master + "\n").unwrap();
+        run_ok(
+            Command::new("postfix")
+                .arg("-c")
+                .arg(base.join("conf"))
+                .arg("start"),
+        );
+        assert!(
+            wait_port(port, Duration::from_secs(30)),
+            "postfix did not listen on {port}; see {}",
+            log.display()
+        );
+        Postfix {
+            dir: base,
+            port,
+            log,
+        }
+    }
+
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("conf")
+    }
+
+    /// Postfix's queue as JSON lines (`postqueue -j`).
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(self.conf())
+            .arg("-j")
+            .output()
+            .expect("postqueue");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(self.conf())
+            .arg("stop")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The stormbreaker binary running `run --config` on a generated policy file.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the proxy in front of `upstream_port`; `extra` is appended to the policy file
+    /// (extra `[proxy]` keys go in `proxy_extra`).
+    pub fn start(upstream_port: u16, proxy_extra: &str, extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("policy.toml");
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"sb.test\"\n{proxy_extra}\n\
+[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
+[quarantine]\ndir = \"{q}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{extra}\n",
+            q = dir.path().join("quarantine").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stormbreaker"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stormbreaker");
+        let proxy = Proxy {
+            child,
+            port,
+            dir,
+            config,
+        };
+        assert!(
+            wait_port(port, Duration::from_secs(20)),
+            "proxy did not listen: {}",
+            proxy.log()
+        );
+        proxy
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs swaks against 127.0.0.1:`port` with extra arguments.
+pub fn swaks(port: u16, args: &[&str]) -> Output {
+    require_tool("swaks");
+    Command::new("swaks")
+        .arg("--server")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--timeout")
+        .arg("60")
+        .args(args)
+        .output()
+        .expect("run swaks")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A raw SMTP client for crafted bytes (pipelining and smuggling tests).
+pub struct Raw {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut raw = Raw {
+            reader: BufReader::new(s),
+        };
+        let greeting = raw.reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// One complete reply (all lines), or "" on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return all,
+                Ok(_) => {}
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+/// Location of the shared test corpora (shared/ beside the checkout).
+pub fn corpora() -> PathBuf {
+    if let Ok(p) = std::env::var("STORMBREAKER_CORPORA") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora")
+}
+
+/// Postfix's smtp-sink as an upstream with failure flags (`-q .`, `-r .`, `-f .`, `-8`, `-p`).
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+}
+
+impl SmtpSink {
+    pub fn start(flags: &[&str]) -> SmtpSink {
+        require_tool("smtp-sink");
+        let port = free_port();
+        let child = Command::new("smtp-sink")
+            .arg("-u")
+            .arg("nobody")
+            .args(flags)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn smtp-sink");
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "smtp-sink did not listen"
+        );
+        SmtpSink { child, port }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Cleanups for peers kept in statics (never dropped): run when the test process exits.
+static CLEANUP: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+extern "C" fn run_cleanup() {
+    let tasks: Vec<_> = CLEANUP
+        .lock()
+        .map(|mut v| v.drain(..).collect())
+        .unwrap_or_default();
+    for task in tasks {
+        task();
+    }
+}
+
+pub fn at_exit(task: impl FnOnce() + Send + 'static) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit only stores the function pointer; run_cleanup is a plain extern "C" fn.
+    REGISTER.call_once(|| unsafe {
+        atexit(run_cleanup);
+    });
+    if let Ok(mut v) = CLEANUP.lock() {
+        v.push(Box::new(task));
+    }
+}
+
+impl Postfix {
+    /// For a Postfix kept in a static: stop it when the test process exits.
+    pub fn stop_at_exit(&self) {
+        let conf = self.conf();
+        let dir = self.dir.clone();
+        at_exit(move || {
+            let _ = Command::new("postfix")
+                .arg("-c")
+                .arg(conf)
+                .arg("stop")
+                .output();
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+}
+
+impl Proxy {
+    /// For a proxy kept in a static: kill it when the test process exits.
+    pub fn kill_at_exit(&self) {
+        let pid = self.child.id().to_string();
+        at_exit(move || {
+            let _ = Command::new("kill").arg("-KILL").arg(pid).output();
+        });
+    }
+}

@@ -1,0 +1,557 @@
+//! The inline proxy against real peers: a private Postfix as the upstream, swaks and raw
+//! sockets as clients, Postfix's smtp-sink for upstream failures.
+
+mod common;
+
+use common::*;
+use std::sync::OnceLock;
+use std::time::Duration;
+use stormbreaker::sink::{Received, RecordingSink};
+
+/// One Postfix (relaying to one recording sink) and one default proxy for this test binary.
+struct World {
+    sink: RecordingSink,
+    postfix: Postfix,
+    proxy: Proxy,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let sink = sink();
+        let postfix = Postfix::start(
+            sink.addr.port(),
+            "smtpd_authorized_xclient_hosts = 127.0.0.0/8\n\
+             smtpd_recipient_restrictions = check_recipient_access inline:{ {refused@corp.test = 550 5.1.1 no such user here} }, permit_mynetworks, reject",
+        );
+        let proxy = Proxy::start(postfix.port, "max_recipients = 100", "");
+        postfix.stop_at_exit();
+        proxy.kill_at_exit();
+        World {
+            sink,
+            postfix,
+            proxy,
+        }
+    })
+}
+
+fn token(name: &str) -> String {
+    format!("{name}-{}", rand::random::<u32>())
+}
+
+/// Waits for the message carrying `token` at the sink behind Postfix.
+fn delivered(sink: &RecordingSink, token: &str) -> Option<Received> {
+    let found = |s: &RecordingSink| {
+        s.received()
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(&m.content).contains(token))
+    };
+    wait_for(Duration::from_secs(30), || found(sink).is_some());
+    found(sink)
+}
+
+/// Sends a canary after a test's traffic and waits for it: Postfix has then relayed what came
+/// before, so absence checks mean something.
+fn settle(w: &World) {
+    let canary = token("canary");
+    let out = swaks(
+        w.proxy.port,
+        &[
+            "--from",
+            "c@corp.test",
+            "--to",
+            "canary@corp.test",
+            "--header",
+            &format!("Subject: {canary}"),
+        ],
+    );
+    assert!(
+        text(&out).contains("250 2.0.0 Ok: queued"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        delivered(&w.sink, &canary).is_some(),
+        "canary not delivered"
+    );
+}
+
+fn count_with(sink: &RecordingSink, needle: &str) -> usize {
+    sink.received()
+        .iter()
+        .filter(|m| {
+            String::from_utf8_lossy(&m.content).contains(needle)
+                || m.rcpt_to.iter().any(|r| r.contains(needle))
+        })
+        .count()
+}
+
+#[test]
+fn relays_a_message_through_postfix_with_the_real_client_name() {
+    let w = world();
+    let t = token("plain");
+    let out = swaks(
+        w.proxy.port,
+        &[
+            "--ehlo",
+            "real-client.example",
+            "--from",
+            "a@corp.test",
+            "--to",
+            "b@corp.test",
+            "--header",
+            &format!("Subject: {t}"),
+        ],
+    );
+    let out = text(&out);
+    assert!(
+        out.contains("250 2.0.0 Ok: queued as"),
+        "Postfix's reply is relayed verbatim: {out}"
+    );
+    let m = delivered(&w.sink, &t).expect("delivered");
+    assert!(m.rcpt_to.iter().any(|r| r.contains("<b@corp.test>")));
+    let content = String::from_utf8_lossy(&m.content);
+    // XCLIENT passed the client's HELO: Postfix's Received header names it.
+    assert!(content.contains("from real-client.example"), "{content}");
+    // One structured log line for the transaction.
+    assert!(
+        wait_for(Duration::from_secs(5), || w
+            .proxy
+            .log()
+            .contains("\"decision\":\"deliver\"")),
+        "{}",
+        w.proxy.log()
+    );
+}
+
+#[test]
+fn a_refused_recipient_is_refused_and_the_others_still_go_through() {
+    let w = world();
+    let t = token("partial");
+    let out = swaks(
+        w.proxy.port,
+        &[
+            "--from",
+            "a@corp.test",
+            "--to",
+            "ok1@corp.test,refused@corp.test,ok2@corp.test",
+            "--header",
+            &format!("Subject: {t}"),
+        ],
+    );
+    let out = text(&out);
+    assert!(
+        out.contains("550 5.1.1 <refused@corp.test>") || out.contains("550 5.1.1"),
+        "{out}"
+    );
+    let m = delivered(&w.sink, &t).expect("delivered to the others");
+    assert_eq!(m.rcpt_to.len(), 2, "{:?}", m.rcpt_to);
+    assert!(!m.rcpt_to.iter().any(|r| r.contains("refused")));
+}
+
+#[test]
+fn dot_stuffed_lines_round_trip_byte_exact() {
+    let w = world();
+    let t = token("dots");
+    let mut c = Raw::connect(w.proxy.port);
+    assert!(c.cmd("EHLO dots.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(
+        format!("Subject: {t}\r\n\r\n..\r\n...\r\n..x\r\nx.\r\n.. leading\r\n\r\n.\r\n").as_bytes(),
+    );
+    assert!(c.reply().starts_with("250"));
+    let m = delivered(&w.sink, &t).unwrap();
+    let content = String::from_utf8_lossy(&m.content).to_string();
+    let body = content.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body, ".\r\n..\r\n.x\r\nx.\r\n. leading\r\n\r\n");
+}
+
+#[test]
+fn utf8_and_8bit_headers_pass_intact() {
+    let w = world();
+    let t = token("utf8");
+    let mut c = Raw::connect(w.proxy.port);
+    let ehlo = c.cmd("EHLO utf8.test");
+    assert!(
+        ehlo.contains("SMTPUTF8") && ehlo.contains("8BITMIME"),
+        "{ehlo}"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<jörg@corp.test> SMTPUTF8 BODY=8BITMIME")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<zoë@corp.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(
+        format!(
+            "Subject: Grüße {t} 回复\r\nFrom: Jörg <jörg@corp.test>\r\n\r\nÄÖÜ 8-bit body\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(c.reply().starts_with("250"));
+    let m = delivered(&w.sink, &t).unwrap();
+    let content = String::from_utf8(m.content.clone()).expect("valid UTF-8 kept");
+    assert!(content.contains(&format!("Subject: Grüße {t} 回复")));
+    assert!(content.contains("ÄÖÜ 8-bit body"));
+    assert!(m.mail_from.contains("jörg@corp.test") && m.mail_from.contains("SMTPUTF8"));
+}
+
+#[test]
+fn a_pipelined_client_gets_its_replies_in_order() {
+    let w = world();
+    let t = token("pipe");
+    let mut c = Raw::connect(w.proxy.port);
+    assert!(c.cmd("EHLO pipe.test").contains("PIPELINING"));
+    let mut batch = String::from("MAIL FROM:<a@corp.test>\r\n");
+    for i in 0..5 {
+        batch.push_str(&format!("RCPT TO:<p{i}@corp.test>\r\n"));
+    }
+    batch.push_str("DATA\r\n");
+    c.send(batch.as_bytes());
+    for i in 0..6 {
+        let r = c.reply();
+        assert!(r.starts_with("250"), "reply {i}: {r}");
+    }
+    assert!(c.reply().starts_with("354"));
+    c.send(format!("Subject: {t}\r\n\r\nbody\r\n.\r\nQUIT\r\n").as_bytes());
+    // QUIT right after the dot is a pipelining violation for a proxy (checklist 4).
+    let r = c.reply();
+    assert!(r.starts_with("554 5.5.0"), "{r}");
+    // The one sent correctly goes through:
+    let mut c = Raw::connect(w.proxy.port);
+    c.cmd("EHLO pipe.test");
+    c.send(
+        b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<p@corp.test>\r\nRCPT TO:<q@corp.test>\r\nDATA\r\n",
+    );
+    for _ in 0..3 {
+        assert!(c.reply().starts_with("250"));
+    }
+    assert!(c.reply().starts_with("354"));
+    c.send(format!("Subject: {t}-ok\r\n\r\nbody\r\n.\r\n").as_bytes());
+    assert!(c.reply().starts_with("250"));
+    assert!(delivered(&w.sink, &format!("{t}-ok")).is_some());
+    settle(w);
+    assert_eq!(
+        count_with(&w.sink, &format!("Subject: {t}\r\n")),
+        0,
+        "the violating message was not delivered"
+    );
+}
+
+/// Checklist line 1: each sequence followed by a hidden transaction yields at most one
+/// message upstream and never the hidden one.
+#[test]
+fn smuggling_attempts_never_yield_a_second_message() {
+    let w = world();
+    let normalizing = Proxy::start(w.postfix.port, "bare_newline = \"normalize\"", "");
+    let sequences: [&[u8]; 11] = [
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\r\r\n",
+        b"\r\r\n.\r\r\n",
+    ];
+    for (i, seq) in sequences.iter().enumerate() {
+        for port in [w.proxy.port, normalizing.port] {
+            let t = token(&format!("smuggle{i}"));
+            let mut c = Raw::connect(port);
+            c.cmd("EHLO evil.test");
+            assert!(c.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+            assert!(c.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+            assert!(c.cmd("DATA").starts_with("354"));
+            let mut data = format!("Subject: {t}\r\n\r\nvisible").into_bytes();
+            data.extend_from_slice(seq);
+            data.extend_from_slice(
+                format!("MAIL FROM:<evil@corp.test>\r\nRCPT TO:<hidden-{t}@corp.test>\r\nDATA\r\nSubject: hidden {t}\r\n\r\nhidden\r\n").as_bytes(),
+            );
+            data.extend_from_slice(b"\r\n.\r\n");
+            c.send(&data);
+            let r = c.reply();
+            assert!(
+                r.starts_with("250") || r.starts_with("550 5.5.2"),
+                "{seq:?}: {r}"
+            );
+        }
+    }
+    settle(w);
+    let all = w.sink.received();
+    for m in &all {
+        assert!(
+            !m.rcpt_to.iter().any(|r| r.contains("hidden-")),
+            "a hidden transaction reached the upstream: {:?}",
+            m.rcpt_to
+        );
+        let content = String::from_utf8_lossy(&m.content);
+        assert!(
+            !content.starts_with("Subject: hidden"),
+            "hidden message delivered"
+        );
+    }
+    for i in 0..sequences.len() {
+        let n = all
+            .iter()
+            .filter(|m| String::from_utf8_lossy(&m.content).contains(&format!("smuggle{i}-")))
+            .count();
+        assert!(
+            n <= 2,
+            "sequence {i}: at most one message per attempt (two proxies), got {n}"
+        );
+    }
+}
+
+#[test]
+fn bare_newlines_are_rejected_by_default() {
+    let w = world();
+    let t = token("barelf");
+    let mut c = Raw::connect(w.proxy.port);
+    c.cmd("EHLO bare.test");
+    c.cmd("MAIL FROM:<a@corp.test>");
+    c.cmd("RCPT TO:<b@corp.test>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: {t}\r\n\r\nline\nbare\r\n.\r\n").as_bytes());
+    let r = c.reply();
+    assert!(r.starts_with("550 5.5.2"), "{r}");
+    // The session goes on.
+    assert!(c.cmd("NOOP").starts_with("250"));
+    settle(w);
+    assert_eq!(count_with(&w.sink, &t), 0);
+}
+
+#[test]
+fn oversized_messages_get_552_at_mail_or_after_data() {
+    let w = world();
+    let small = Proxy::start(w.postfix.port, "max_message_size = 10000", "");
+    let mut c = Raw::connect(small.port);
+    assert!(c.cmd("EHLO big.test").contains("SIZE 10000"));
+    assert!(
+        c.cmd("MAIL FROM:<a@corp.test> SIZE=20000")
+            .starts_with("552 5.3.4")
+    );
+    assert!(
+        c.cmd("MAIL FROM:<a@corp.test> SIZE=9000")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let t = token("big");
+    let mut data = format!("Subject: {t}\r\n\r\n").into_bytes();
+    for _ in 0..300 {
+        data.extend_from_slice(&[b'x'; 98]);
+        data.extend_from_slice(b"\r\n");
+    }
+    data.extend_from_slice(b".\r\n");
+    c.send(&data);
+    assert!(c.reply().starts_with("552 5.3.4"));
+    assert!(c.cmd("RSET").starts_with("250"), "session still usable");
+    settle(w);
+    assert_eq!(count_with(&w.sink, &t), 0);
+}
+
+#[test]
+fn text_lines_over_1000_octets_are_refused_and_1000_pass() {
+    let w = world();
+    for (len, ok) in [(998usize, true), (999, false)] {
+        let t = token("line");
+        let mut c = Raw::connect(w.proxy.port);
+        c.cmd("EHLO line.test");
+        c.cmd("MAIL FROM:<a@corp.test>");
+        c.cmd("RCPT TO:<b@corp.test>");
+        assert!(c.cmd("DATA").starts_with("354"));
+        let line = "y".repeat(len);
+        c.send(format!("Subject: {t}\r\n\r\n{line}\r\n.\r\n").as_bytes());
+        let r = c.reply();
+        if ok {
+            assert!(r.starts_with("250"), "{len}+2 octets: {r}");
+            assert!(delivered(&w.sink, &t).is_some());
+        } else {
+            assert!(r.starts_with("550 5.5.2"), "{len}+2 octets: {r}");
+        }
+    }
+}
+
+#[test]
+fn command_lines_and_recipient_counts_have_limits() {
+    let w = world();
+    let mut c = Raw::connect(w.proxy.port);
+    c.cmd("EHLO limits.test");
+    let ok = format!("NOOP {}", "x".repeat(505)); // 510 + CRLF = 512
+    assert!(c.cmd(&ok).starts_with("250"));
+    let long = format!("NOOP {}", "x".repeat(506));
+    assert!(c.cmd(&long).starts_with("500 5.5.2"));
+    assert!(c.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    for i in 0..100 {
+        let r = c.cmd(&format!("RCPT TO:<r{i}@corp.test>"));
+        assert!(r.starts_with("250"), "rcpt {i}: {r}");
+    }
+    assert!(c.cmd("RCPT TO:<r100@corp.test>").starts_with("452 4.5.3"));
+    assert!(c.cmd("VRFY root").starts_with("252"));
+    assert!(c.cmd("EXPN staff").starts_with("502"));
+    assert!(c.cmd("STARTTLS").starts_with("502"));
+    assert!(c.cmd("BDAT 10 LAST").starts_with("502"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
+fn a_client_that_disconnects_mid_data_delivers_nothing() {
+    let w = world();
+    let t = token("cut");
+    {
+        let mut c = Raw::connect(w.proxy.port);
+        c.cmd("EHLO cut.test");
+        c.cmd("MAIL FROM:<a@corp.test>");
+        c.cmd("RCPT TO:<b@corp.test>");
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: {t}\r\n\r\nhalf a message\r\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    settle(w);
+    assert_eq!(count_with(&w.sink, &t), 0);
+}
+
+#[test]
+fn upstream_down_means_421_and_nothing_accepted() {
+    let closed = free_port();
+    let proxy = Proxy::start(closed, "", "");
+    let mut c =
+        std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut c, &mut line).unwrap();
+    assert!(line.starts_with("421 4.4.1"), "{line}");
+}
+
+#[test]
+fn upstream_failures_at_end_of_data_reach_the_client_never_as_250() {
+    for (flag, expect) in [("-q", "451 4.4.2"), ("-r", "4"), ("-f", "5")] {
+        let up = SmtpSink::start(&[flag, "."]);
+        let proxy = Proxy::start(up.port, "", "");
+        let out = text(&swaks(
+            proxy.port,
+            &["--from", "a@corp.test", "--to", "b@corp.test"],
+        ));
+        let after_dot = out.split("\n -> .\n").nth(1).unwrap_or("");
+        let reply = after_dot.lines().next().unwrap_or("");
+        assert!(
+            reply.contains(&format!("<** {expect}")),
+            "smtp-sink {flag} .: {reply}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn upstream_dropping_at_data_gives_451() {
+    let up = SmtpSink::start(&["-q", "data"]);
+    let proxy = Proxy::start(up.port, "", "");
+    let out = text(&swaks(
+        proxy.port,
+        &["--from", "a@corp.test", "--to", "b@corp.test"],
+    ));
+    assert!(out.contains("451 4.4.2"), "{out}");
+    assert!(!out.contains("<-  250 2.0.0"), "{out}");
+}
+
+#[test]
+fn ehlo_offers_only_what_the_upstream_has() {
+    let up = SmtpSink::start(&["-8", "-p", "-E"]);
+    let proxy = Proxy::start(up.port, "", "");
+    let mut c = Raw::connect(proxy.port);
+    let ehlo = c.cmd("EHLO ext.test");
+    assert!(
+        !ehlo.contains("8BITMIME") && !ehlo.contains("PIPELINING"),
+        "{ehlo}"
+    );
+    assert!(
+        !ehlo.contains("CHUNKING") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(ehlo.contains("SIZE"), "{ehlo}");
+    assert!(
+        c.cmd("MAIL FROM:<a@corp.test> BODY=8BITMIME")
+            .starts_with("555 5.5.4")
+    );
+}
+
+#[test]
+fn connection_limit_answers_421() {
+    let w = world();
+    let limited = Proxy::start(w.postfix.port, "max_connections = 2", "");
+    let _a = Raw::connect(limited.port);
+    let _b = Raw::connect(limited.port);
+    let mut c =
+        std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", limited.port)).unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut c, &mut line).unwrap();
+    assert!(line.starts_with("421 4.7.0"), "{line}");
+}
+
+#[test]
+fn too_many_errors_and_idle_clients_are_disconnected() {
+    let w = world();
+    let strict = Proxy::start(
+        w.postfix.port,
+        "max_errors = 3\ncommand_timeout = \"2s\"",
+        "",
+    );
+    let mut c = Raw::connect(strict.port);
+    c.cmd("EHLO err.test");
+    assert!(c.cmd("BOGUS").starts_with("500"));
+    assert!(c.cmd("BOGUS").starts_with("500"));
+    assert!(c.cmd("BOGUS").starts_with("500"));
+    let r = c.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.closed());
+    // A client that says nothing is cut off at the command timeout.
+    let mut idle = Raw::connect(strict.port);
+    let r = idle.reply();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}
+
+#[test]
+fn sigterm_lets_transactions_finish_then_stops() {
+    let w = world();
+    let mut proxy = Proxy::start(w.postfix.port, "shutdown_grace = \"20s\"", "");
+    let t = token("term");
+    let mut busy = Raw::connect(proxy.port);
+    busy.cmd("EHLO term.test");
+    assert!(busy.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    assert!(busy.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+    let mut idle = Raw::connect(proxy.port);
+    idle.cmd("EHLO idle.test");
+    proxy.sigterm();
+    // The idle session is told to come back later.
+    assert!(idle.reply().starts_with("421 4.3.2"));
+    // No new sessions.
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err()
+    }));
+    // The transaction in flight completes.
+    assert!(busy.cmd("DATA").starts_with("354"));
+    busy.send(format!("Subject: {t}\r\n\r\nfinishing during shutdown\r\n.\r\n").as_bytes());
+    assert!(busy.reply().starts_with("250"));
+    assert!(busy.cmd("MAIL FROM:<a@corp.test>").starts_with("421 4.3.2"));
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("proxy exits");
+    assert!(status.success(), "{status:?}");
+    assert!(delivered(&w.sink, &t).is_some());
+}
+
+#[test]
+fn sigterm_grace_over_gives_421_mid_transaction() {
+    let w = world();
+    let mut proxy = Proxy::start(w.postfix.port, "shutdown_grace = \"1s\"", "");
+    let mut slow = Raw::connect(proxy.port);
+    slow.cmd("EHLO slow.test");
+    assert!(slow.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    proxy.sigterm();
+    let r = slow.reply();
+    assert!(r.starts_with("421"), "{r}");
+    assert!(proxy.wait_exit(Duration::from_secs(30)).is_some());
+}
