@@ -768,6 +768,34 @@ mod tests {
         assert_eq!(s.verdict(&Verdict::DELIVER), vec![Response::Continue]);
     }
 
+    proptest::proptest! {
+        /// Any stream of well-framed commands, in any order, never panics the session
+        /// (the cargo-fuzz target in fuzz/ does the same with raw bytes).
+        #[test]
+        fn any_command_sequence_is_handled_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            codes in proptest::collection::vec(
+                proptest::sample::select(b"ODCHMRTLNBEAQKU".to_vec()), 0..40),
+        ) {
+            let mut s = Session::new(true);
+            // Frame slices of the random bytes as each chosen command.
+            let mut chunks = bytes.chunks(15);
+            for code in codes {
+                let payload = chunks.next().unwrap_or(&[]);
+                let Ok(command) = super::super::codec::parse_command(code, payload) else {
+                    continue;
+                };
+                match s.handle(command) {
+                    Ok(Step::Decide(p)) => {
+                        proptest::prop_assert!(p.headers.ends_with(b"\r\n"));
+                        let _ = s.verdict(&Verdict::DELIVER);
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        }
+    }
+
     #[test]
     fn quarantine_without_the_quarantine_action_tempfails() {
         let mut s = Session::new(true);
