@@ -226,6 +226,10 @@ pub struct ListConfig {
     pub block_for: Option<Duration>,
     #[serde(default)]
     pub action: Option<HoldAction>,
+    #[serde(default)]
+    pub fast_senders: Option<u32>,
+    #[serde(default)]
+    pub me_too_messages: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -462,12 +466,38 @@ impl Config {
         if self.policy.max_block < self.policy.block_for {
             return fail("policy.max_block", "must be at least policy.block_for");
         }
+        let slots = crate::breaker::SENDER_SLOTS as u32;
+        if self.policy.fast_audience > 0 && !(1..=slots).contains(&self.policy.fast_senders) {
+            return fail(
+                "policy.fast_senders",
+                &format!(
+                    "must be 1 to {slots} (or set fast_audience = 0 to turn the fast trip off)"
+                ),
+            );
+        }
         for (i, list) in self.lists.iter().enumerate() {
             if !list.address.contains('@') {
                 return fail(&format!("lists[{i}].address"), "must be an email address");
             }
             if list.members == 0 {
                 return fail(&format!("lists[{i}].members"), "must be at least 1");
+            }
+            if list.trip_replies == Some(0) {
+                return fail(&format!("lists[{i}].trip_replies"), "must be at least 1");
+            }
+            if list.wide_audience == Some(0) {
+                return fail(&format!("lists[{i}].wide_audience"), "must be at least 1");
+            }
+            if list.fast_senders.is_some_and(|n| !(1..=slots).contains(&n)) {
+                return fail(
+                    &format!("lists[{i}].fast_senders"),
+                    &format!("must be 1 to {slots}"),
+                );
+            }
+            for (key, value) in [("window", list.window), ("block_for", list.block_for)] {
+                if value.is_some_and(|d| d.is_zero()) {
+                    return fail(&format!("lists[{i}].{key}"), "must be longer than 0s");
+                }
             }
         }
         if self.state.backend == StateBackend::Redis && self.state.url.is_none() {

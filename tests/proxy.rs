@@ -482,8 +482,24 @@ fn ehlo_offers_only_what_the_upstream_has() {
 fn connection_limit_answers_421() {
     let w = world();
     let limited = Proxy::start(w.postfix.port, "max_connections = 2", "");
-    let _a = Raw::connect(limited.port);
-    let _b = Raw::connect(limited.port);
+    // The start-up probe's session may still hold a slot for a moment: retry until greeted.
+    let greeted = || {
+        let mut held = None;
+        wait_for(Duration::from_secs(10), || {
+            let s = std::net::TcpStream::connect(("127.0.0.1", limited.port)).unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut r, &mut line);
+            let ok = line.starts_with("220");
+            if ok {
+                held = Some(r);
+            }
+            ok
+        });
+        held.expect("a free slot")
+    };
+    let _a = greeted();
+    let _b = greeted();
     let mut c =
         std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", limited.port)).unwrap());
     let mut line = String::new();

@@ -8,6 +8,8 @@
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::envelope::{Envelope, Recipient};
+use crate::notify::Notifier;
+use crate::quarantine::Quarantine;
 use crate::reply;
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
@@ -25,6 +27,10 @@ use tokio::time::timeout;
 pub struct Shared {
     pub config: Arc<Config>,
     pub engine: Arc<Engine>,
+    /// Where held messages go (`[quarantine] dir`).
+    pub quarantine: Option<Quarantine>,
+    /// Alerts to admins and notices to held senders.
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// Signals from the server: `draining` (no new transactions), then `stop` (421 now).
@@ -295,9 +301,13 @@ impl Session {
 
     /// Ends any open transaction, upstream too (RSET), keeping the session.
     pub(crate) async fn reset_transaction(&mut self) {
-        if self.tx.take().is_none() {
-            return;
+        if self.tx.take().is_some() {
+            self.reset_upstream().await;
         }
+    }
+
+    /// Abandons the upstream's open transaction with RSET (dropping the session if that fails).
+    pub(crate) async fn reset_upstream(&mut self) {
         if let Some(up) = self.upstream.as_mut() {
             match up.command(b"RSET\r\n").await {
                 Ok(r) if r.is_success() => {}
@@ -308,6 +318,7 @@ impl Session {
 
     /// The upstream failed mid-transaction: drop it (it abandons the transaction), 451 4.4.2.
     pub(crate) fn upstream_lost(&mut self, e: UpstreamError) -> Flow {
+        metrics::counter!(crate::admin::metric::UPSTREAM_FAILURES).increment(1);
         tracing::warn!(session = %self.id, client = %self.peer, error = %e, "upstream lost; transaction abandoned");
         self.upstream = None;
         self.tx = None;
