@@ -52,7 +52,6 @@ fn queued_as(text: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs the storm engine (branch engine)"]
 fn reply_all_storm_is_held_in_postfix_hold_queue() {
     if !have_postfix() {
         return;
