@@ -1,16 +1,458 @@
-//! Milter front end (to be written).
+//! Milter front end: Postfix (`smtpd_milters`, `milter_protocol = 6`) and Sendmail 8.14+ ask the
+//! storm engine about each message.
+//!
+//! - `codec`: the wire format (framing, command and response tables), no I/O.
+//! - `session`: one connection's state machine, no I/O: commands in, responses out.
+//! - this file: listening (TCP or unix socket), reading packets with limits and deadlines,
+//!   asking the engine at end of message, and the one log line per message.
+//!
+//! Recommended Postfix settings: `milter_protocol = 6` and `milter_default_action = tempfail`,
+//! so that mail waits in the senders' queues while stormbreaker is down instead of passing
+//! unchecked (`accept`) or bouncing (`reject`).
+
+pub mod codec;
+pub mod session;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::envelope::Envelope;
 use crate::service::Shutdown;
+use crate::verdict::{Action, Verdict};
+use codec::{CodecError, Response};
+use session::{Pending, Session, Step};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+
+/// How long a connection may sit between commands. The MTA holds its milter connection for a
+/// whole SMTP session, idle clients included, so this is generous; it bounds dead peers.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Once a packet has begun, the rest of it must arrive within this.
+const PACKET_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed at once with a log line. Postfix opens one per
+/// smtpd process (default_process_limit 100).
+const MAX_SESSIONS: usize = 1024;
 
 /// Serves the milter protocol on `listen` (`host:port` or a unix socket path) until shutdown.
 pub async fn serve(
-    _config: Arc<Config>,
-    _engine: Arc<Engine>,
-    _listen: String,
-    _shutdown: Shutdown,
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    listen: String,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("the milter is not written yet")
+    let options = Options {
+        trace_header: config.milter.trace_header,
+        shutdown_grace: config.proxy.shutdown_grace,
+    };
+    serve_with(engine, listen, options, shutdown).await
+}
+
+/// What decides about each message: the storm engine, or a scripted stand-in in tests.
+pub trait Decider: Send + Sync + 'static {
+    fn decide(
+        &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        now_ms: u64,
+    ) -> impl Future<Output = Verdict> + Send;
+}
+
+impl Decider for Engine {
+    fn decide(
+        &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        now_ms: u64,
+    ) -> impl Future<Output = Verdict> + Send {
+        Engine::decide(self, envelope, headers, now_ms)
+    }
+}
+
+/// Settings of the milter server.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Add `X-Stormbreaker: <decision>` to messages that go on.
+    pub trace_header: bool,
+    /// On shutdown, how long connections in flight may go on before they are closed.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves the milter protocol on `listen` with `decider` until `shutdown` turns true.
+pub async fn serve_with<D: Decider>(
+    decider: Arc<D>,
+    listen: String,
+    options: Options,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = Listener::bind(&listen).await?;
+    tracing::info!(listen = %listen, "milter listening");
+    let mut sessions = JoinSet::new();
+    let mut next_id: u64 = 0;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    if sessions.len() >= MAX_SESSIONS {
+                        tracing::warn!(peer = %peer, limit = MAX_SESSIONS,
+                            "milter: too many connections, closing the new one");
+                        continue;
+                    }
+                    let decider = decider.clone();
+                    let id = next_id;
+                    sessions.spawn(async move {
+                        run_connection(stream, id, &peer, &*decider, options.trace_header).await
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "milter: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => log_join(done),
+        }
+    }
+    drop(listener);
+    let grace = options.shutdown_grace;
+    if !sessions.is_empty() {
+        tracing::info!(sessions = sessions.len(), grace = ?grace, "milter: waiting for connections in flight");
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(done) = sessions.join_next().await {
+            log_join(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            "milter: closing connections still open after the grace period"
+        );
+        sessions.shutdown().await;
+    }
+    Ok(())
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "milter: a connection task panicked; other connections go on");
+    }
+}
+
+/// A stream from either kind of listener.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+enum Listener {
+    Tcp(TcpListener),
+    /// The socket path is removed again when the listener is dropped.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// `host:port`, or a path (containing `/`); Postfix-style `inet:` and `unix:` prefixes work.
+    async fn bind(listen: &str) -> anyhow::Result<Listener> {
+        let unix_path = listen
+            .strip_prefix("unix:")
+            .or_else(|| listen.strip_prefix("local:"))
+            .or_else(|| listen.contains('/').then_some(listen));
+        if let Some(path) = unix_path {
+            let path = PathBuf::from(path);
+            // A socket left by an earlier run would make bind fail; anything else is left alone.
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                use std::os::unix::fs::FileTypeExt;
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| anyhow::anyhow!("milter.listen {}: {e}", path.display()))?;
+            // The MTA runs as its own user (postfix): it must be able to connect. Restrict access
+            // with the permissions of the folder the socket is in.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| anyhow::anyhow!("milter.listen {}: chmod: {e}", path.display()))?;
+            return Ok(Listener::Unix(listener, path));
+        }
+        let address = listen.strip_prefix("inet:").unwrap_or(listen);
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("milter.listen {listen}: {e}"))?;
+        Ok(Listener::Tcp(listener))
+    }
+
+    async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), path.display().to_string()))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Why a connection was closed by us.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("truncated packet: the peer closed after {got} of {expected} bytes")]
+    Truncated { got: usize, expected: usize },
+    #[error("no complete packet within {0:?}")]
+    Timeout(Duration),
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one packet: `Ok(None)` when the peer closes cleanly between packets.
+async fn read_command<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<codec::Command>, ReadError> {
+    let mut header = [0u8; 4];
+    let got = tokio::time::timeout(IDLE_TIMEOUT, read_full(reader, &mut header))
+        .await
+        .map_err(|_| ReadError::Timeout(IDLE_TIMEOUT))??;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < header.len() {
+        return Err(ReadError::Truncated {
+            got,
+            expected: header.len(),
+        });
+    }
+    // The length is checked before anything is allocated for it.
+    let len = codec::packet_length(header)?;
+    let mut body = vec![0u8; len];
+    let got = tokio::time::timeout(PACKET_TIMEOUT, read_full(reader, &mut body[..1]))
+        .await
+        .map_err(|_| ReadError::Timeout(PACKET_TIMEOUT))??;
+    if got == 0 {
+        return Err(ReadError::Truncated {
+            got: 4,
+            expected: 4 + len,
+        });
+    }
+    // Refuse an unknown command before waiting for (possibly a megabyte of) payload.
+    if codec::command_name(body[0]).is_none() {
+        return Err(CodecError::UnknownCommand(body[0]).into());
+    }
+    let got = tokio::time::timeout(PACKET_TIMEOUT, read_full(reader, &mut body[1..]))
+        .await
+        .map_err(|_| ReadError::Timeout(PACKET_TIMEOUT))??;
+    if got < len - 1 {
+        return Err(ReadError::Truncated {
+            got: 5 + got,
+            expected: 4 + len,
+        });
+    }
+    Ok(Some(codec::parse_command(body[0], &body[1..])?))
+}
+
+/// Fills `buf` unless the peer closes first; returns how many bytes came.
+async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Serves one MTA connection; protocol errors end it with a log line, never beyond it.
+async fn run_connection<D: Decider>(
+    stream: Box<dyn Stream>,
+    id: u64,
+    peer: &str,
+    decider: &D,
+    trace_header: bool,
+) {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+    let mut session = Session::new(trace_header);
+    let mut out = Vec::with_capacity(256);
+    tracing::debug!(conn = id, peer, "milter: connection");
+    loop {
+        let command = match read_command(&mut reader).await {
+            Ok(Some(command)) => command,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(conn = id, peer, error = %e, "milter: closing connection");
+                break;
+            }
+        };
+        let step = match session.handle(command) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(conn = id, peer, error = %e, "milter: closing connection");
+                break;
+            }
+        };
+        let responses = match step {
+            Step::Reply(responses) => responses,
+            Step::Close => break,
+            Step::Decide(pending) => {
+                let verdict = decider
+                    .decide(&pending.envelope, &pending.headers, crate::now_ms())
+                    .await;
+                let responses = session.verdict(&verdict);
+                log_message(id, &pending, &verdict, &responses);
+                responses
+            }
+        };
+        if responses.is_empty() {
+            continue;
+        }
+        out.clear();
+        for r in &responses {
+            codec::encode(r, &mut out);
+        }
+        if let Err(e) = writer.write_all(&out).await {
+            tracing::warn!(conn = id, peer, error = %e, "milter: write failed, closing connection");
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// One structured line per message, naming the MTA's queue id so a hold can be released.
+fn log_message(conn: u64, pending: &Pending, verdict: &Verdict, responses: &[Response]) {
+    let queue_id = pending.queue_id.as_deref().unwrap_or("-");
+    let envelope = &pending.envelope;
+    let hold = verdict.hold.as_ref();
+    let thread = hold.map_or("", |h| h.thread.as_str());
+    let reason = hold.map_or("", |h| h.reason.as_str());
+    let breaker = hold.map_or("", |h| h.breaker);
+    let list = hold.and_then(|h| h.list.as_deref()).unwrap_or("");
+    let client = envelope
+        .client_addr
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let quarantined = responses
+        .iter()
+        .any(|r| matches!(r, Response::Quarantine(_)));
+    if pending.headers_truncated {
+        tracing::warn!(
+            conn,
+            queue_id,
+            limit = session::MAX_HEADER_BLOCK,
+            "milter: header block over the limit, later headers not seen by the engine"
+        );
+    }
+    let verdict_label = verdict.label();
+    macro_rules! line {
+        ($level:ident, $text:expr) => {
+            tracing::$level!(
+                conn,
+                queue_id,
+                verdict = verdict_label,
+                client = %client,
+                client_name = %pending.client_name,
+                from = %envelope.mail_from,
+                rcpts = envelope.rcpts.len(),
+                thread,
+                list,
+                breaker,
+                reason,
+                $text
+            )
+        };
+    }
+    match (verdict.action, hold) {
+        (Action::Quarantine, _) if quarantined => line!(
+            warn,
+            "milter: message put in the MTA's hold queue (release: postsuper -H <queue_id>)"
+        ),
+        (Action::Quarantine, _) => line!(
+            warn,
+            "milter: the MTA offers no quarantine action: message tempfailed instead"
+        ),
+        (Action::Reject, _) => line!(warn, "milter: message rejected"),
+        (Action::Tempfail, _) => line!(warn, "milter: message tempfailed"),
+        (Action::Deliver, Some(_)) => line!(info, "milter: would hold (log only), delivered"),
+        (Action::Deliver, None) => line!(info, "milter: message delivered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codec::{Command, encode_command};
+    use super::*;
+
+    async fn read_bytes(bytes: Vec<u8>) -> Result<Option<Command>, ReadError> {
+        let mut r = &bytes[..];
+        read_command(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn reads_a_packet_and_a_clean_close() {
+        let mut buf = Vec::new();
+        encode_command(&Command::Helo("h".into()), &mut buf);
+        assert_eq!(
+            read_bytes(buf).await.unwrap(),
+            Some(Command::Helo("h".into()))
+        );
+        assert!(read_bytes(vec![]).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_absurd_and_unknown_packets_are_errors() {
+        let mut buf = Vec::new();
+        encode_command(&Command::Helo("client.example".into()), &mut buf);
+        buf.truncate(buf.len() - 3);
+        let e = read_bytes(buf).await.unwrap_err();
+        assert!(matches!(e, ReadError::Truncated { .. }), "{e}");
+        assert!(e.to_string().contains("truncated packet"));
+
+        let e = read_bytes(vec![0, 0]).await.unwrap_err();
+        assert!(matches!(
+            e,
+            ReadError::Truncated {
+                got: 2,
+                expected: 4
+            }
+        ));
+
+        let e = read_bytes(vec![0xff, 0xff, 0xff, 0xff, b'H'])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ReadError::Codec(CodecError::TooLong(_))), "{e}");
+
+        // Unknown command refused though the rest of the packet never comes.
+        let e = read_bytes(vec![0, 0, 0x10, 0, b'Z']).await.unwrap_err();
+        assert!(
+            matches!(e, ReadError::Codec(CodecError::UnknownCommand(b'Z'))),
+            "{e}"
+        );
+    }
 }

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Milter throughput: Postfix with stormbreaker as its milter against the same Postfix without it.
+#
+# Two private Postfix instances (same main.cf, one with `smtpd_milters`) relay to one smtp-sink.
+# smtp-source sends the same load to each in alternating rounds (so noise on a shared machine
+# hits both alike); a round is timed from the first connection to the last 250, and the queue
+# is drained before the next round. Prints each round, the median throughputs and their ratio.
+# Target: with the milter >= 90% of Postfix alone.
+#
+# Usage: benches/milter.sh [ROUNDS] [MESSAGES] [SESSIONS] [SIZE]   (defaults 3 2000 20 2048)
+# Environment: SB_TRACE_HEADER=true adds the X-Stormbreaker header (Postfix's cleanup then edits
+# every queue file), SB_LOG_LEVEL (default info: one line per message).
+# Needs root (Postfix, smtp-sink -u). Builds target/release/stormbreaker if it is missing.
+set -euo pipefail
+
+ROUNDS=${1:-3}
+MESSAGES=${2:-2000}
+SESSIONS=${3:-20}
+SIZE=${4:-2048}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/target/release/stormbreaker
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need postfix || ! need smtp-source || ! need smtp-sink; then
+    echo "installing postfix..." >&2
+    apt-get update -q >/dev/null
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
+fi
+export PATH=$PATH:/usr/sbin
+if [ ! -x "$BIN" ]; then
+    (cd "$ROOT" && cargo build --release --bin stormbreaker)
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+DIR=$(mktemp -d -p /var/tmp sb-bench.XXXXXX)
+chmod 755 "$DIR"
+PIDS=()
+cleanup() {
+    for inst in plain milter; do
+        [ -d "$DIR/$inst/conf" ] && postfix -c "$DIR/$inst/conf" stop >/dev/null 2>&1 || true
+    done
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 1
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+SINK_PORT=$(free_port)
+smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 1000 &
+PIDS+=($!)
+
+MILTER_PORT=$(free_port)
+cat >"$DIR/stormbreaker.toml" <<EOF
+[milter]
+listen = "127.0.0.1:$MILTER_PORT"
+trace_header = ${SB_TRACE_HEADER:-false}
+
+[log]
+level = "${SB_LOG_LEVEL:-info}"
+
+[quarantine]
+dir = "$DIR/quarantine"
+EOF
+"$BIN" run --config "$DIR/stormbreaker.toml" 2>"$DIR/stormbreaker.log" &
+SB_PID=$!
+PIDS+=($SB_PID)
+
+start_postfix() { # name port milter-lines
+    local d=$DIR/$1
+    mkdir -p "$d/conf" "$d/queue" "$d/data"
+    chown postfix:postfix "$d/data"
+    cat >"$d/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $d/queue
+data_directory = $d/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = mx.corp.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$SINK_PORT
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+maillog_file = $d/maillog
+$3
+EOF
+    sed "s/^smtp \+inet .*/127.0.0.1:$2 inet n - n - - smtpd/" /etc/postfix/master.cf >"$d/conf/master.cf"
+    postfix -c "$d/conf" start >/dev/null
+}
+
+PLAIN_PORT=$(free_port)
+WITH_PORT=$(free_port)
+start_postfix plain "$PLAIN_PORT" ""
+start_postfix milter "$WITH_PORT" "smtpd_milters = inet:127.0.0.1:$MILTER_PORT
+milter_protocol = 6
+milter_default_action = tempfail"
+
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not listening" >&2; exit 1; }
+wait_port "$SINK_PORT"; wait_port "$MILTER_PORT"; wait_port "$PLAIN_PORT"; wait_port "$WITH_PORT"
+
+drain() { # wait until the instance's queue is empty
+    for _ in $(seq 600); do
+        [ -z "$(postqueue -c "$DIR/$1/conf" -j 2>/dev/null)" ] && return 0
+        sleep 0.2
+    done
+    echo "queue of $1 did not drain" >&2
+}
+
+round() { # name port -> messages per second
+    local t0 t1
+    t0=$(date +%s.%N)
+    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f a@corp.test -t b@corp.test "127.0.0.1:$2"
+    t1=$(date +%s.%N)
+    drain "$1"
+    python3 -c "print(f'{$MESSAGES / ($t1 - $t0):.1f}')"
+}
+
+# One small warm-up round each (process start-up, first connections).
+MESSAGES_SAVED=$MESSAGES; MESSAGES=200
+round plain "$PLAIN_PORT" >/dev/null; round milter "$WITH_PORT" >/dev/null
+MESSAGES=$MESSAGES_SAVED
+
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (a shared machine makes rounds noisy)"
+PLAIN=(); WITH=()
+for r in $(seq "$ROUNDS"); do
+    p=$(round plain "$PLAIN_PORT"); w=$(round milter "$WITH_PORT")
+    PLAIN+=("$p"); WITH+=("$w")
+    echo "round $r: postfix alone $p msg/s, with stormbreaker milter $w msg/s"
+done
+
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+cpu_ticks=$(awk '{print $14 + $15}' "/proc/$SB_PID/stat")
+echo "stormbreaker CPU time over all rounds: $(python3 -c "print($cpu_ticks / $(getconf CLK_TCK))") s"
+rejected=$(grep -c "milter-reject" "$DIR/milter/maillog" || true)
+decided=$(grep -c "message delivered" "$DIR/stormbreaker.log" || true)
+python3 - "${PLAIN[*]}" "${WITH[*]}" "$MESSAGES" "$SESSIONS" "$SIZE" "$rejected" "$decided" <<'EOF'
+import statistics, sys
+plain = [float(x) for x in sys.argv[1].split()]
+with_ = [float(x) for x in sys.argv[2].split()]
+p, w = statistics.median(plain), statistics.median(with_)
+print(f"{sys.argv[3]} messages of {sys.argv[5]} bytes, {sys.argv[4]} sessions, {len(plain)} rounds each")
+print(f"median: postfix alone {p:.1f} msg/s, with milter {w:.1f} msg/s")
+print(f"ratio with/without: {100 * w / p:.1f}% (target >= 90%)")
+print(f"milter decisions logged: {sys.argv[7]}, milter-rejects in Postfix's log: {sys.argv[6]}")
+EOF

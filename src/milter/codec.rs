@@ -1,0 +1,928 @@
+//! The milter wire format, no I/O: packet framing, the command table and the response table.
+//!
+//! A packet is a 32-bit big-endian length, then that many bytes: one command byte and its
+//! payload. Strings in payloads are NUL-terminated. Codes and flag values are those of Sendmail's
+//! libmilter `mfdef.h` (protocol version 6), which Postfix's `milter8.c` implements too.
+//!
+//! Everything a peer sends is checked here: a length of zero or above [`MAX_PACKET`], an unknown
+//! command byte, or a payload that does not have the command's shape is a [`CodecError`] naming
+//! what is wrong. Nothing here panics on any input (see the property tests below and `fuzz/`).
+
+use std::fmt;
+
+/// The largest packet we accept (length field, command byte included). Postfix sends each header
+/// in one packet and allows headers up to `header_size_limit` (default 102400 bytes); body chunks
+/// are at most 65535 bytes (MILTER_CHUNK_SIZE). 1 MiB leaves room for both and stops a peer from
+/// making us allocate gigabytes.
+pub const MAX_PACKET: usize = 1 << 20;
+
+/// The milter protocol version we speak (Sendmail 8.14+, Postfix `milter_protocol = 6`).
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// Actions a filter may ask for in option negotiation (SMFIF_*).
+pub mod action {
+    pub const ADD_HEADERS: u32 = 0x01;
+    pub const CHANGE_BODY: u32 = 0x02;
+    pub const ADD_RCPT: u32 = 0x04;
+    pub const DELETE_RCPT: u32 = 0x08;
+    pub const CHANGE_HEADERS: u32 = 0x10;
+    pub const QUARANTINE: u32 = 0x20;
+    pub const CHANGE_FROM: u32 = 0x40;
+    pub const ADD_RCPT_WITH_ARGS: u32 = 0x80;
+    pub const SET_MACRO_LIST: u32 = 0x100;
+}
+
+/// Protocol steps (SMFIP_*): steps the MTA may skip (`NO_*`) and steps we will not answer (`NR_*`).
+pub mod step {
+    pub const NO_CONNECT: u32 = 0x01;
+    pub const NO_HELO: u32 = 0x02;
+    pub const NO_MAIL: u32 = 0x04;
+    pub const NO_RCPT: u32 = 0x08;
+    pub const NO_BODY: u32 = 0x10;
+    pub const NO_HEADERS: u32 = 0x20;
+    pub const NO_EOH: u32 = 0x40;
+    pub const NR_HEADER: u32 = 0x80;
+    pub const NO_UNKNOWN: u32 = 0x100;
+    pub const NO_DATA: u32 = 0x200;
+    pub const SKIP: u32 = 0x400;
+    pub const RCPT_REJECTED: u32 = 0x800;
+    pub const NR_CONNECT: u32 = 0x1000;
+    pub const NR_HELO: u32 = 0x2000;
+    pub const NR_MAIL: u32 = 0x4000;
+    pub const NR_RCPT: u32 = 0x8000;
+    pub const NR_DATA: u32 = 0x10000;
+    pub const NR_UNKNOWN: u32 = 0x20000;
+    pub const NR_EOH: u32 = 0x40000;
+    pub const NR_BODY: u32 = 0x80000;
+    pub const HEADER_LEADING_SPACE: u32 = 0x100000;
+}
+
+/// What a payload looks like, per command: the table below maps each command byte to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Nothing (extra bytes are ignored, as libmilter does).
+    Empty,
+    /// Three 32-bit words: version, actions, protocol steps (more bytes are ignored).
+    OptNeg,
+    /// A stage command byte, then name/value string pairs.
+    Macros,
+    /// Host name, address family, then (except for family `U`) port and address.
+    Connect,
+    /// Exactly this many NUL-terminated strings.
+    Strings(usize),
+    /// At least one NUL-terminated string.
+    Args,
+    /// Raw bytes (body chunks).
+    Raw,
+}
+
+/// The command table: byte, name for logs, payload shape.
+const COMMANDS: &[(u8, &str, Shape)] = &[
+    (b'O', "optneg", Shape::OptNeg),
+    (b'D', "macro", Shape::Macros),
+    (b'C', "connect", Shape::Connect),
+    (b'H', "helo", Shape::Strings(1)),
+    (b'M', "mail", Shape::Args),
+    (b'R', "rcpt", Shape::Args),
+    (b'T', "data", Shape::Empty),
+    (b'L', "header", Shape::Strings(2)),
+    (b'N', "eoh", Shape::Empty),
+    (b'B', "body", Shape::Raw),
+    (b'E', "eom", Shape::Raw),
+    (b'A', "abort", Shape::Empty),
+    (b'Q', "quit", Shape::Empty),
+    (b'K', "quit_nc", Shape::Empty),
+    (b'U', "unknown", Shape::Strings(1)),
+];
+
+/// The name of a command byte for logs, or None if it is not a milter command.
+pub fn command_name(code: u8) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, name, _)| *name)
+}
+
+/// How the MTA reached the client (SMFIA_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Unknown,
+    Unix,
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    fn from_byte(b: u8) -> Option<Family> {
+        match b {
+            b'U' => Some(Family::Unknown),
+            b'L' => Some(Family::Unix),
+            b'4' => Some(Family::Inet),
+            b'6' => Some(Family::Inet6),
+            _ => None,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Family::Unknown => b'U',
+            Family::Unix => b'L',
+            Family::Inet => b'4',
+            Family::Inet6 => b'6',
+        }
+    }
+}
+
+/// One command from the MTA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    OptNeg {
+        version: u32,
+        actions: u32,
+        protocol: u32,
+    },
+    /// Macros defined for the stage named by `stage` (a command byte, e.g. `b'M'`).
+    Macros {
+        stage: u8,
+        pairs: Vec<(String, String)>,
+    },
+    Connect {
+        hostname: String,
+        family: Family,
+        port: u16,
+        address: String,
+    },
+    Helo(String),
+    /// `args[0]` is the reverse-path as sent (usually in angle brackets), then ESMTP parameters.
+    Mail(Vec<String>),
+    /// `args[0]` is the forward-path as sent, then ESMTP parameters.
+    Rcpt(Vec<String>),
+    Data,
+    /// Header name and value as raw bytes (8-bit headers exist); the value has no leading space
+    /// unless SMFIP_HDR_LEADSPC was negotiated, and folded lines are separated by LF or CRLF.
+    Header {
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    EndOfHeaders,
+    Body(Vec<u8>),
+    /// End of message, with an optional last body chunk.
+    EndOfMessage(Vec<u8>),
+    Abort,
+    Quit,
+    /// Quit this SMTP connection but keep the milter connection for a new one.
+    QuitNewConnection,
+    Unknown(String),
+}
+
+impl Command {
+    /// The command byte on the wire.
+    pub fn code(&self) -> u8 {
+        match self {
+            Command::OptNeg { .. } => b'O',
+            Command::Macros { .. } => b'D',
+            Command::Connect { .. } => b'C',
+            Command::Helo(_) => b'H',
+            Command::Mail(_) => b'M',
+            Command::Rcpt(_) => b'R',
+            Command::Data => b'T',
+            Command::Header { .. } => b'L',
+            Command::EndOfHeaders => b'N',
+            Command::Body(_) => b'B',
+            Command::EndOfMessage(_) => b'E',
+            Command::Abort => b'A',
+            Command::Quit => b'Q',
+            Command::QuitNewConnection => b'K',
+            Command::Unknown(_) => b'U',
+        }
+    }
+
+    /// The command's name for logs.
+    pub fn name(&self) -> &'static str {
+        command_name(self.code()).unwrap_or("?")
+    }
+}
+
+/// What is wrong with what a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("packet length 0: a packet needs at least a command byte")]
+    EmptyPacket,
+    #[error("packet length {0} is over the limit of {MAX_PACKET} bytes")]
+    TooLong(u64),
+    #[error("unknown command byte 0x{0:02x}")]
+    UnknownCommand(u8),
+    #[error("{command} packet is malformed: {what}")]
+    Malformed {
+        command: &'static str,
+        what: &'static str,
+    },
+}
+
+fn malformed(command: &'static str, what: &'static str) -> CodecError {
+    CodecError::Malformed { command, what }
+}
+
+/// Checks the 4-byte length header; returns the length of what follows (command byte + payload).
+pub fn packet_length(header: [u8; 4]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(header) as u64;
+    if len == 0 {
+        return Err(CodecError::EmptyPacket);
+    }
+    if len > MAX_PACKET as u64 {
+        return Err(CodecError::TooLong(len));
+    }
+    Ok(len as usize)
+}
+
+/// Takes one whole packet off the front of `buf`: `Ok(None)` if more bytes are needed, otherwise
+/// the command and the number of bytes used.
+pub fn decode(buf: &[u8]) -> Result<Option<(Command, usize)>, CodecError> {
+    let Some(header) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = packet_length([header[0], header[1], header[2], header[3]])?;
+    let Some(body) = buf.get(4..4 + len) else {
+        // Check the command byte early, so garbage is refused before the peer sends the rest.
+        if let Some(&code) = buf.get(4) {
+            command_name(code).ok_or(CodecError::UnknownCommand(code))?;
+        }
+        return Ok(None);
+    };
+    let command = parse_command(body[0], &body[1..])?;
+    Ok(Some((command, 4 + len)))
+}
+
+/// Parses one packet body (after the length): command byte `code` and its `payload`.
+pub fn parse_command(code: u8, payload: &[u8]) -> Result<Command, CodecError> {
+    let &(_, name, shape) = COMMANDS
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .ok_or(CodecError::UnknownCommand(code))?;
+    let fields = Fields {
+        name,
+        rest: payload,
+    };
+    match shape {
+        Shape::Empty => Ok(match code {
+            b'T' => Command::Data,
+            b'N' => Command::EndOfHeaders,
+            b'A' => Command::Abort,
+            b'Q' => Command::Quit,
+            _ => Command::QuitNewConnection,
+        }),
+        Shape::Raw => Ok(match code {
+            b'B' => Command::Body(payload.to_vec()),
+            _ => Command::EndOfMessage(payload.to_vec()),
+        }),
+        Shape::OptNeg => {
+            if payload.len() < 12 {
+                return Err(malformed(name, "needs 12 bytes (version, actions, steps)"));
+            }
+            let word = |i: usize| {
+                u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
+            };
+            Ok(Command::OptNeg {
+                version: word(0),
+                actions: word(4),
+                protocol: word(8),
+            })
+        }
+        Shape::Macros => {
+            let (&stage, rest) = payload
+                .split_first()
+                .ok_or_else(|| malformed(name, "no stage byte"))?;
+            let mut fields = Fields { name, rest };
+            let mut pairs = Vec::new();
+            while !fields.rest.is_empty() {
+                let key = fields.string()?;
+                let value = fields
+                    .string()
+                    .map_err(|_| malformed(name, "macro name without a value"))?;
+                pairs.push((key, value));
+            }
+            Ok(Command::Macros { stage, pairs })
+        }
+        Shape::Connect => {
+            let mut fields = fields;
+            let hostname = fields.string()?;
+            let (&family_byte, rest) = fields
+                .rest
+                .split_first()
+                .ok_or_else(|| malformed(name, "no address family"))?;
+            let family =
+                Family::from_byte(family_byte).ok_or_else(|| malformed(name, "unknown family"))?;
+            fields.rest = rest;
+            if family == Family::Unknown {
+                return Ok(Command::Connect {
+                    hostname,
+                    family,
+                    port: 0,
+                    address: String::new(),
+                });
+            }
+            let port = match fields.rest {
+                [hi, lo, rest @ ..] => {
+                    fields.rest = rest;
+                    u16::from_be_bytes([*hi, *lo])
+                }
+                _ => return Err(malformed(name, "no port")),
+            };
+            let address = fields.string()?;
+            fields.end()?;
+            Ok(Command::Connect {
+                hostname,
+                family,
+                port,
+                address,
+            })
+        }
+        Shape::Strings(count) => {
+            let mut fields = fields;
+            let mut strings = Vec::with_capacity(count);
+            for _ in 0..count {
+                strings.push(fields.bytes()?);
+            }
+            fields.end()?;
+            let mut strings = strings.into_iter();
+            let mut next = || strings.next().unwrap_or_default();
+            Ok(match code {
+                b'H' => Command::Helo(lossy(next())),
+                b'U' => Command::Unknown(lossy(next())),
+                _ => Command::Header {
+                    name: next(),
+                    value: next(),
+                },
+            })
+        }
+        Shape::Args => {
+            let mut fields = fields;
+            let mut args = vec![fields.string()?];
+            while !fields.rest.is_empty() {
+                args.push(fields.string()?);
+            }
+            Ok(if code == b'M' {
+                Command::Mail(args)
+            } else {
+                Command::Rcpt(args)
+            })
+        }
+    }
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A cursor over NUL-terminated strings in a payload.
+struct Fields<'a> {
+    name: &'static str,
+    rest: &'a [u8],
+}
+
+impl Fields<'_> {
+    fn bytes(&mut self) -> Result<Vec<u8>, CodecError> {
+        let nul =
+            self.rest.iter().position(|&b| b == 0).ok_or_else(|| {
+                malformed(self.name, "string without its NUL terminator (truncated)")
+            })?;
+        let value = self.rest[..nul].to_vec();
+        self.rest = &self.rest[nul + 1..];
+        Ok(value)
+    }
+
+    fn string(&mut self) -> Result<String, CodecError> {
+        self.bytes().map(lossy)
+    }
+
+    fn end(&self) -> Result<(), CodecError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(self.name, "bytes after the last field"))
+        }
+    }
+}
+
+/// One response to the MTA (SMFIR_*). Only those the engine's verdicts need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    OptNeg {
+        version: u32,
+        actions: u32,
+        protocol: u32,
+    },
+    Continue,
+    Accept,
+    Reject,
+    Tempfail,
+    /// A full SMTP reply, e.g. `550 5.7.1 reason`: 4xx means tempfail, 5xx reject.
+    ReplyCode(String),
+    /// Put the message on hold (Postfix: the hold queue) with a reason.
+    Quarantine(String),
+    AddHeader {
+        name: String,
+        value: String,
+    },
+}
+
+/// The response table: each response's byte on the wire.
+impl Response {
+    pub fn code(&self) -> u8 {
+        match self {
+            Response::OptNeg { .. } => b'O',
+            Response::Continue => b'c',
+            Response::Accept => b'a',
+            Response::Reject => b'r',
+            Response::Tempfail => b't',
+            Response::ReplyCode(_) => b'y',
+            Response::Quarantine(_) => b'q',
+            Response::AddHeader { .. } => b'h',
+        }
+    }
+}
+
+/// Appends `response` as one packet to `out`. Text fields must not contain NUL (the session
+/// cleans them with [`clean_text`]); a NUL would cut the field short on the MTA's side.
+pub fn encode(response: &Response, out: &mut Vec<u8>) {
+    let mut payload = Vec::new();
+    match response {
+        Response::OptNeg {
+            version,
+            actions,
+            protocol,
+        } => {
+            for word in [version, actions, protocol] {
+                payload.extend_from_slice(&word.to_be_bytes());
+            }
+        }
+        Response::Continue | Response::Accept | Response::Reject | Response::Tempfail => {}
+        Response::ReplyCode(text) | Response::Quarantine(text) => push_str(&mut payload, text),
+        Response::AddHeader { name, value } => {
+            push_str(&mut payload, name);
+            push_str(&mut payload, value);
+        }
+    }
+    push_packet(out, response.code(), &payload);
+}
+
+/// Appends `command` as one packet to `out`: what an MTA sends (used by tests and the fuzzer).
+pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
+    let mut payload = Vec::new();
+    match command {
+        Command::OptNeg {
+            version,
+            actions,
+            protocol,
+        } => {
+            for word in [version, actions, protocol] {
+                payload.extend_from_slice(&word.to_be_bytes());
+            }
+        }
+        Command::Macros { stage, pairs } => {
+            payload.push(*stage);
+            for (k, v) in pairs {
+                push_str(&mut payload, k);
+                push_str(&mut payload, v);
+            }
+        }
+        Command::Connect {
+            hostname,
+            family,
+            port,
+            address,
+        } => {
+            push_str(&mut payload, hostname);
+            payload.push(family.byte());
+            if *family != Family::Unknown {
+                payload.extend_from_slice(&port.to_be_bytes());
+                push_str(&mut payload, address);
+            }
+        }
+        Command::Helo(s) | Command::Unknown(s) => push_str(&mut payload, s),
+        Command::Mail(args) | Command::Rcpt(args) => {
+            for a in args {
+                push_str(&mut payload, a);
+            }
+        }
+        Command::Header { name, value } => {
+            payload.extend_from_slice(name);
+            payload.push(0);
+            payload.extend_from_slice(value);
+            payload.push(0);
+        }
+        Command::Body(b) | Command::EndOfMessage(b) => payload.extend_from_slice(b),
+        Command::Data
+        | Command::EndOfHeaders
+        | Command::Abort
+        | Command::Quit
+        | Command::QuitNewConnection => {}
+    }
+    push_packet(out, command.code(), &payload);
+}
+
+/// Parses one response packet body: what an MTA reads (used by tests).
+pub fn parse_response(code: u8, payload: &[u8]) -> Result<Response, CodecError> {
+    let name = "response";
+    let mut fields = Fields {
+        name,
+        rest: payload,
+    };
+    Ok(match code {
+        b'O' => match parse_command(b'O', payload)? {
+            Command::OptNeg {
+                version,
+                actions,
+                protocol,
+            } => Response::OptNeg {
+                version,
+                actions,
+                protocol,
+            },
+            _ => return Err(malformed(name, "bad option negotiation")),
+        },
+        b'c' => Response::Continue,
+        b'a' => Response::Accept,
+        b'r' => Response::Reject,
+        b't' => Response::Tempfail,
+        b'y' => Response::ReplyCode(fields.string()?),
+        b'q' => Response::Quarantine(fields.string()?),
+        b'h' => Response::AddHeader {
+            name: fields.string()?,
+            value: fields.string()?,
+        },
+        other => return Err(CodecError::UnknownCommand(other)),
+    })
+}
+
+fn push_str(payload: &mut Vec<u8>, s: &str) {
+    payload.extend(s.bytes().filter(|&b| b != 0));
+    payload.push(0);
+}
+
+fn push_packet(out: &mut Vec<u8>, code: u8, payload: &[u8]) {
+    let len = (payload.len() + 1) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(code);
+    out.extend_from_slice(payload);
+}
+
+/// Makes text safe for a reply or a header value: printable ASCII only (CR, LF, NUL and other
+/// controls become spaces; `%`, which Sendmail treats as a format character in replies, becomes
+/// `?`), at most `max` bytes.
+pub fn clean_text(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| match c {
+            '%' => '?',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => ' ',
+        })
+        .take(max)
+        .collect();
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Unknown => "unknown",
+            Family::Unix => "unix",
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn packet(code: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_packet(&mut out, code, payload);
+        out
+    }
+
+    #[test]
+    fn decodes_postfix_optneg() {
+        let mut payload = Vec::new();
+        for w in [6u32, 0x1ff, 0x1fffff] {
+            payload.extend_from_slice(&w.to_be_bytes());
+        }
+        let buf = packet(b'O', &payload);
+        assert_eq!(
+            decode(&buf).unwrap(),
+            Some((
+                Command::OptNeg {
+                    version: 6,
+                    actions: 0x1ff,
+                    protocol: 0x1fffff
+                },
+                buf.len()
+            ))
+        );
+    }
+
+    #[test]
+    fn optneg_shorter_than_12_bytes_is_malformed() {
+        let buf = packet(b'O', &[0, 0, 0, 6, 0, 0]);
+        assert!(matches!(
+            decode(&buf),
+            Err(CodecError::Malformed {
+                command: "optneg",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn decodes_connect_inet_and_unknown() {
+        let buf = packet(b'C', b"mx.example\x004\x00\x19192.0.2.1\x00");
+        let (cmd, _) = decode(&buf).unwrap().unwrap();
+        assert_eq!(
+            cmd,
+            Command::Connect {
+                hostname: "mx.example".into(),
+                family: Family::Inet,
+                port: 25,
+                address: "192.0.2.1".into()
+            }
+        );
+        let buf = packet(b'C', b"unknown\x00U");
+        let (cmd, _) = decode(&buf).unwrap().unwrap();
+        assert!(matches!(
+            cmd,
+            Command::Connect {
+                family: Family::Unknown,
+                port: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn connect_without_port_or_family_is_malformed() {
+        for payload in [
+            &b"host\x00"[..],
+            b"host\x004",
+            b"host\x004\x00",
+            b"host\x00X",
+        ] {
+            assert!(
+                matches!(
+                    parse_command(b'C', payload),
+                    Err(CodecError::Malformed { .. })
+                ),
+                "{payload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_macros_mail_rcpt_header() {
+        let (cmd, _) = decode(&packet(b'D', b"Mi\x00ABC123\x00{mail_addr}\x00a@b\x00"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cmd,
+            Command::Macros {
+                stage: b'M',
+                pairs: vec![
+                    ("i".into(), "ABC123".into()),
+                    ("{mail_addr}".into(), "a@b".into())
+                ]
+            }
+        );
+        let (cmd, _) = decode(&packet(b'M', b"<a@b>\x00SIZE=10\x00BODY=8BITMIME\x00"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cmd,
+            Command::Mail(vec![
+                "<a@b>".into(),
+                "SIZE=10".into(),
+                "BODY=8BITMIME".into()
+            ])
+        );
+        let (cmd, _) = decode(&packet(b'R', b"<c@d>\x00")).unwrap().unwrap();
+        assert_eq!(cmd, Command::Rcpt(vec!["<c@d>".into()]));
+        let (cmd, _) = decode(&packet(b'L', b"Subject\x00hello\n\tworld\x00"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cmd,
+            Command::Header {
+                name: b"Subject".to_vec(),
+                value: b"hello\n\tworld".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn macro_name_without_value_is_malformed() {
+        assert!(matches!(
+            parse_command(b'D', b"Ci\x00"),
+            Err(CodecError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_command(b'D', b""),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn header_needs_exactly_two_strings() {
+        for payload in [&b"Subject\x00"[..], b"Subject", b"S\x00v\x00extra\x00"] {
+            assert!(
+                matches!(
+                    parse_command(b'L', payload),
+                    Err(CodecError::Malformed { .. })
+                ),
+                "{payload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mail_without_sender_is_malformed() {
+        assert!(parse_command(b'M', b"").is_err());
+        assert!(parse_command(b'M', b"<a@b>").is_err());
+    }
+
+    #[test]
+    fn zero_and_absurd_lengths_are_refused_before_reading_on() {
+        assert_eq!(packet_length([0, 0, 0, 0]), Err(CodecError::EmptyPacket));
+        assert_eq!(
+            packet_length([0xff, 0xff, 0xff, 0xff]),
+            Err(CodecError::TooLong(0xffff_ffff))
+        );
+        assert_eq!(
+            packet_length(((MAX_PACKET) as u32).to_be_bytes()),
+            Ok(MAX_PACKET)
+        );
+        assert!(packet_length(((MAX_PACKET + 1) as u32).to_be_bytes()).is_err());
+        // The header alone is enough to refuse.
+        assert!(decode(&[0x7f, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn unknown_command_is_refused_even_before_the_rest_arrives() {
+        assert_eq!(
+            decode(&[0, 0, 0, 10, b'Z']),
+            Err(CodecError::UnknownCommand(b'Z'))
+        );
+        assert_eq!(decode(&[0, 0, 0, 10, b'M']), Ok(None));
+    }
+
+    #[test]
+    fn partial_packets_need_more_bytes() {
+        let buf = packet(b'H', b"client.example\x00");
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert!(decode(&buf).unwrap().is_some());
+    }
+
+    #[test]
+    fn encodes_responses_as_libmilter_does() {
+        let mut out = Vec::new();
+        encode(&Response::Continue, &mut out);
+        assert_eq!(out, [0, 0, 0, 1, b'c']);
+        out.clear();
+        encode(&Response::ReplyCode("550 5.7.1 no".into()), &mut out);
+        assert_eq!(out, b"\x00\x00\x00\x0ey550 5.7.1 no\x00");
+        out.clear();
+        encode(
+            &Response::AddHeader {
+                name: "X-Stormbreaker".into(),
+                value: "deliver".into(),
+            },
+            &mut out,
+        );
+        assert_eq!(out, b"\x00\x00\x00\x18hX-Stormbreaker\x00deliver\x00");
+    }
+
+    #[test]
+    fn clean_text_keeps_replies_on_one_printable_line() {
+        assert_eq!(
+            clean_text("a\r\nb\0c%d\u{e9}  ", 100),
+            "a  b c?d".to_string()
+        );
+        assert_eq!(clean_text("abcdef", 3), "abc");
+    }
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        "[^\u{0}]{0,40}"
+    }
+
+    fn arb_command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(version, actions, protocol)| {
+                Command::OptNeg {
+                    version,
+                    actions,
+                    protocol,
+                }
+            }),
+            (
+                prop::sample::select(b"CHMRTLNBE".to_vec()),
+                prop::collection::vec((arb_string(), arb_string()), 1..5)
+            )
+                .prop_map(|(stage, pairs)| Command::Macros { stage, pairs }),
+            (
+                arb_string(),
+                prop::sample::select(vec![Family::Unix, Family::Inet, Family::Inet6]),
+                any::<u16>(),
+                arb_string()
+            )
+                .prop_map(|(hostname, family, port, address)| Command::Connect {
+                    hostname,
+                    family,
+                    port,
+                    address
+                }),
+            arb_string().prop_map(Command::Helo),
+            prop::collection::vec(arb_string(), 1..4).prop_map(Command::Mail),
+            prop::collection::vec(arb_string(), 1..4).prop_map(Command::Rcpt),
+            Just(Command::Data),
+            (
+                prop::collection::vec(1u8..=255, 0..30),
+                prop::collection::vec(1u8..=255, 0..200)
+            )
+                .prop_map(|(name, value)| Command::Header { name, value }),
+            Just(Command::EndOfHeaders),
+            prop::collection::vec(any::<u8>(), 0..300).prop_map(Command::Body),
+            prop::collection::vec(any::<u8>(), 0..30).prop_map(Command::EndOfMessage),
+            Just(Command::Abort),
+            Just(Command::Quit),
+            Just(Command::QuitNewConnection),
+            arb_string().prop_map(Command::Unknown),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(&buf);
+            if let Some((&code, payload)) = buf.split_first() {
+                let _ = parse_command(code, payload);
+                let _ = parse_response(code, payload);
+            }
+        }
+
+        #[test]
+        fn arbitrary_payloads_of_every_command_never_panic(
+            code in prop::sample::select(COMMANDS.iter().map(|c| c.0).collect::<Vec<_>>()),
+            payload in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..64),
+        ) {
+            let _ = parse_command(code, &payload);
+        }
+
+        #[test]
+        fn commands_round_trip(commands in prop::collection::vec(arb_command(), 1..8)) {
+            let mut buf = Vec::new();
+            for c in &commands {
+                encode_command(c, &mut buf);
+            }
+            let mut rest = &buf[..];
+            for c in &commands {
+                let (decoded, used) = decode(rest).unwrap().unwrap();
+                prop_assert_eq!(&decoded, c);
+                rest = &rest[used..];
+            }
+            prop_assert!(rest.is_empty());
+        }
+
+        #[test]
+        fn truncated_streams_never_decode_a_wrong_command(
+            command in arb_command(),
+            cut in 0usize..1000,
+        ) {
+            let mut buf = Vec::new();
+            encode_command(&command, &mut buf);
+            let cut = cut % buf.len();
+            prop_assert_eq!(decode(&buf[..cut]), Ok(None));
+        }
+
+        #[test]
+        fn responses_round_trip(text in "[ -~]{0,60}", name in "[A-Za-z-]{1,20}") {
+            for response in [
+                Response::Continue,
+                Response::Accept,
+                Response::ReplyCode(text.clone()),
+                Response::Quarantine(text.clone()),
+                Response::AddHeader { name: name.clone(), value: text.clone() },
+            ] {
+                let mut buf = Vec::new();
+                encode(&response, &mut buf);
+                let len = packet_length([buf[0], buf[1], buf[2], buf[3]]).unwrap();
+                prop_assert_eq!(len, buf.len() - 4);
+                prop_assert_eq!(parse_response(buf[4], &buf[5..]).unwrap(), response);
+            }
+        }
+    }
+}

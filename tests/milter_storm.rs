@@ -1,0 +1,112 @@
+//! An Atos-shaped reply-all storm through a real Postfix with stormbreaker as its milter: one
+//! announcement to a 5,000-person list, then reply-alls from different people. The first
+//! `trip_replies` replies reach the sink behind Postfix; the rest wait in Postfix's hold queue,
+//! under the queue ids stormbreaker logs, until `postsuper -H` releases them.
+
+mod milter_support;
+
+use milter_support::*;
+use std::collections::HashSet;
+
+const TRIP_REPLIES: usize = 3;
+const REPLIES: usize = 8;
+
+fn policy() -> String {
+    format!(
+        "[policy]\nwide_audience = 100\ntrip_replies = {TRIP_REPLIES}\nwindow = \"1h\"\n\
+         action = \"quarantine\"\n\n\
+         [[lists]]\naddress = \"all@corp.test\"\nmembers = 5000\n"
+    )
+}
+
+fn original() -> Mail {
+    Mail {
+        from: "ceo@corp.test".into(),
+        to: vec!["all@corp.test".into()],
+        data: "From: CEO <ceo@corp.test>\r\nTo: All staff <all@corp.test>\r\n\
+               Subject: Company update\r\nMessage-ID: <update-1@corp.test>\r\n\
+               Date: Mon, 23 Nov 2026 09:00:00 +0000\r\n\r\nPlease read.\r\n"
+            .into(),
+        rset: false,
+    }
+}
+
+fn reply_all(i: usize) -> Mail {
+    let from = format!("user{i}@corp.test");
+    Mail {
+        from: from.clone(),
+        to: vec!["all@corp.test".into(), "ceo@corp.test".into()],
+        data: format!(
+            "From: User {i} <{from}>\r\nTo: All staff <all@corp.test>\r\nCc: ceo@corp.test\r\n\
+             Subject: RE: Company update\r\nMessage-ID: <reply-{i}@corp.test>\r\n\
+             In-Reply-To: <update-1@corp.test>\r\nReferences: <update-1@corp.test>\r\n\
+             Thread-Topic: Company update\r\nDate: Mon, 23 Nov 2026 09:0{i}:00 +0000\r\n\r\n\
+             Please remove me from this list.\r\n"
+        ),
+        rset: false,
+    }
+}
+
+fn queued_as(text: &str) -> String {
+    text.rsplit(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn reply_all_storm_is_held_in_postfix_hold_queue() {
+    if !have_postfix() {
+        return;
+    }
+    let sink = Sink::start();
+    let sb = Stormbreaker::start(&policy());
+    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+
+    let out = send(postfix.port, &[original()]);
+    assert_eq!(out[0].code, 250, "{out:?}");
+    // Each reply from its own SMTP session, as from different people's clients.
+    let mut reply_ids = Vec::new();
+    for i in 1..=REPLIES {
+        let out = send(postfix.port, &[reply_all(i)]);
+        // Quarantine is silent: the sender hears 250 either way.
+        assert_eq!(out[0].code, 250, "reply {i}: {out:?}");
+        reply_ids.push(queued_as(&out[0].text));
+    }
+
+    // The original and the first TRIP_REPLIES replies reach the sink.
+    sink.wait_for_messages(1 + TRIP_REPLIES);
+    let held_expected: HashSet<String> = reply_ids[TRIP_REPLIES..].iter().cloned().collect();
+    let held = wait_for("the held replies in the hold queue", || {
+        let h: HashSet<String> = postfix.held().into_iter().collect();
+        (h.len() >= held_expected.len()).then_some(h)
+    });
+    assert_eq!(held, held_expected, "replies after the trip are held");
+    // Everything not held has left Postfix's queue, and nothing more arrived at the sink.
+    wait_for("the queue to hold only the held replies", || {
+        (postfix.queue().len() == held_expected.len()).then_some(())
+    });
+    assert_eq!(sink.messages().len(), 1 + TRIP_REPLIES);
+    for i in 1..=TRIP_REPLIES {
+        assert!(
+            sink.messages()
+                .iter()
+                .any(|m| m.contains(&format!("<reply-{i}@corp.test>"))),
+            "reply {i} delivered"
+        );
+    }
+
+    // The log names each held message by Postfix queue id, so the admin knows what to release.
+    let logged: HashSet<String> = sb
+        .log_lines("hold queue")
+        .iter()
+        .filter_map(|l| l["queue_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(logged, held_expected);
+
+    // Releasing one sends it on.
+    let first_held = reply_ids[TRIP_REPLIES].clone();
+    postfix.release(&first_held);
+    let got = sink.wait_for_messages(2 + TRIP_REPLIES);
+    assert!(
+        got.iter()
+            .any(|m| m.contains(&format!("<reply-{}@corp.test>", TRIP_REPLIES + 1)))
+    );
+}

@@ -1,0 +1,483 @@
+//! Real peers for the milter tests: a private Postfix instance with `smtpd_milters`, a recording
+//! smtp-sink behind it, the stormbreaker binary, and a Python smtplib client.
+//!
+//! Everything binds to 127.0.0.1 on free ports and lives in a temporary folder under /var/tmp
+//! (Postfix's `maillog_file` must be under /var); dropping a value stops what it started.
+#![allow(dead_code)] // each test file uses a part of this
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Liveness bound for polling; not a speed assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Polls `check` until it returns Some, or panics naming `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > PATIENCE {
+            panic!("gave up waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Skips a test (returns false) when Postfix or its tools are not installed.
+pub fn have_postfix() -> bool {
+    [
+        "/usr/sbin/postfix",
+        "/usr/sbin/smtp-sink",
+        "/usr/sbin/postqueue",
+    ]
+    .iter()
+    .all(|p| Path::new(p).exists())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .expect("a folder under /var/tmp");
+    // Postfix and smtp-sink run as other users: they must traverse it.
+    set_mode(dir.path(), 0o755);
+    dir
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `smtp-sink` writing each message it accepts to its own file.
+pub struct Sink {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let dir = scratch_dir("sb-sink.");
+        let msgs = dir.path().join("msgs");
+        std::fs::create_dir(&msgs).unwrap();
+        set_mode(&msgs, 0o777);
+        let port = free_port();
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(["-u", "nobody", "-d"])
+            .arg(format!("{}/msg.", msgs.display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink");
+        wait_for("smtp-sink to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Sink { child, port, dir }
+    }
+
+    /// Every message received so far (smtp-sink's dump: envelope lines, then the message).
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path().join("msgs")).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned());
+        }
+        out
+    }
+
+    /// Waits until `n` messages have arrived and returns them.
+    pub fn wait_for_messages(&self, n: usize) -> Vec<String> {
+        wait_for(&format!("{n} messages at the sink"), || {
+            let m = self.messages();
+            (m.len() >= n).then_some(m)
+        })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Postfix instance relaying everything to `relay_port`, with stormbreaker (or
+/// nothing) at `milter` (`inet:127.0.0.1:PORT`, `unix:/path`, or None for no milter).
+pub struct Postfix {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Postfix {
+    pub fn start(milter: Option<&str>, relay_port: u16) -> Postfix {
+        Self::start_with(milter, relay_port, "")
+    }
+
+    /// `extra`: more main.cf lines.
+    pub fn start_with(milter: Option<&str>, relay_port: u16, extra: &str) -> Postfix {
+        let dir = scratch_dir("sb-postfix.");
+        let d = dir.path();
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        run(Command::new("chown")
+            .arg("postfix:postfix")
+            .arg(d.join("data")));
+        let port = free_port();
+        let milters = milter
+            .map(|m| {
+                format!(
+                    "smtpd_milters = {m}\nmilter_protocol = 6\nmilter_default_action = tempfail\n\
+                     milter_connect_timeout = 10s\nmilter_command_timeout = 30s\n"
+                )
+            })
+            .unwrap_or_default();
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             command_directory = /usr/sbin\n\
+             daemon_directory = /usr/lib/postfix/sbin\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = mx.corp.test\n\
+             mydestination =\n\
+             mynetworks = 127.0.0.0/8\n\
+             relayhost = [127.0.0.1]:{relay_port}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             alias_maps =\n\
+             alias_database =\n\
+             maillog_file = {d}/maillog\n\
+             smtp_connection_cache_on_demand = yes\n\
+             {milters}{extra}\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("conf/main.cf"), main_cf).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        let master: String = master
+            .lines()
+            .map(|line| {
+                if line.starts_with("smtp ") && line.contains(" inet ") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        std::fs::write(d.join("conf/master.cf"), master).unwrap();
+        run(Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(d.join("conf"))
+            .arg("start"));
+        let postfix = Postfix { dir, port };
+        wait_for("Postfix to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        postfix
+    }
+
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// `postqueue -j`: one JSON object per queued message.
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        run(Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(self.conf())
+            .arg("-j"))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("postqueue -j line is JSON"))
+        .collect()
+    }
+
+    /// Queue ids in the hold queue.
+    pub fn held(&self) -> Vec<String> {
+        self.queue()
+            .into_iter()
+            .filter(|m| m["queue_name"] == "hold")
+            .filter_map(|m| m["queue_id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// `postsuper -H ID`: release a held message (to the deferred queue), then `postqueue -f`
+    /// so it goes out now rather than at the next queue run.
+    pub fn release(&self, queue_id: &str) {
+        run(Command::new("/usr/sbin/postsuper")
+            .arg("-c")
+            .arg(self.conf())
+            .args(["-H", queue_id]));
+        run(Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(self.conf())
+            .arg("-f"));
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(self.conf())
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The real stormbreaker binary, run with a config file; logs as JSON lines to a file.
+pub struct Stormbreaker {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    unix: bool,
+}
+
+impl Stormbreaker {
+    /// `extra`: more TOML after the `[milter]` section (policy, lists...).
+    pub fn start(extra: &str) -> Stormbreaker {
+        Self::start_on(false, extra)
+    }
+
+    /// Listening on a unix socket in its own folder instead of TCP.
+    pub fn start_unix(extra: &str) -> Stormbreaker {
+        Self::start_on(true, extra)
+    }
+
+    fn start_on(unix: bool, extra: &str) -> Stormbreaker {
+        let dir = scratch_dir("sb-milter.");
+        let port = free_port();
+        let listen = if unix {
+            dir.path().join("milter.sock").display().to_string()
+        } else {
+            format!("127.0.0.1:{port}")
+        };
+        let config = format!(
+            "[milter]\nlisten = \"{listen}\"\ntrace_header = true\n\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
+             [quarantine]\ndir = \"{q}\"\n\n{extra}\n",
+            q = dir.path().join("quarantine").display()
+        );
+        let config_path = dir.path().join("stormbreaker.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stormbreaker"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the stormbreaker binary");
+        let mut sb = Stormbreaker {
+            child: Some(child),
+            port,
+            dir,
+            unix,
+        };
+        wait_for("stormbreaker to listen", || {
+            if let Some(status) = sb.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("stormbreaker exited with {status}: {}", sb.log());
+            }
+            if unix {
+                std::os::unix::net::UnixStream::connect(sb.socket_path())
+                    .ok()
+                    .map(|_| ())
+            } else {
+                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            }
+        });
+        sb
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("milter.sock")
+    }
+
+    /// The address as Postfix's `smtpd_milters` wants it.
+    pub fn milter_address(&self) -> String {
+        if self.unix {
+            format!("unix:{}", self.socket_path().display())
+        } else {
+            format!("inet:127.0.0.1:{}", self.port)
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The JSON log lines whose message contains `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .collect()
+    }
+
+    /// SIGTERM, then wait for the process to end; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Stormbreaker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One message for [`send`].
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The message with headers, lines separated by `\r\n`.
+    pub data: String,
+    /// Send MAIL and RCPT, then RSET instead of DATA (the MTA tells the milter ABORT).
+    pub rset: bool,
+}
+
+/// What the server said to one message: the stage it ended at (`connect`, `mail`, `rcpt`,
+/// `data`) and the reply code and text there.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub stage: String,
+    pub code: u16,
+    pub text: String,
+}
+
+const CLIENT: &str = r#"
+import json, smtplib, sys
+port = int(sys.argv[1])
+mails = json.load(sys.stdin)
+out = []
+try:
+    s = smtplib.SMTP("127.0.0.1", port, timeout=120)
+    s.ehlo("client.corp.test")
+except smtplib.SMTPConnectError as e:
+    print(json.dumps([{"stage": "connect", "code": e.smtp_code, "text": str(e.smtp_error)}] * len(mails)))
+    sys.exit(0)
+for m in mails:
+    code, text = s.mail(m["from"])
+    if code != 250:
+        out.append({"stage": "mail", "code": code, "text": text.decode(errors="replace")})
+        s.rset()
+        continue
+    bad = None
+    for r in m["to"]:
+        c, t = s.rcpt(r)
+        if c not in (250, 251) and bad is None:
+            bad = (c, t)
+    if bad:
+        out.append({"stage": "rcpt", "code": bad[0], "text": bad[1].decode(errors="replace")})
+        s.rset()
+        continue
+    if m["rset"]:
+        code, text = s.rset()
+        out.append({"stage": "rset", "code": code, "text": text.decode(errors="replace")})
+        continue
+    try:
+        code, text = s.data(m["data"].encode())
+    except smtplib.SMTPDataError as e:
+        code, text = e.smtp_code, e.smtp_error
+    out.append({"stage": "data", "code": code, "text": text.decode(errors="replace")})
+s.quit()
+print(json.dumps(out))
+"#;
+
+/// Sends `mails` in ONE SMTP session to 127.0.0.1:`port` with Python's smtplib.
+pub fn send(port: u16, mails: &[Mail]) -> Vec<Outcome> {
+    let input = serde_json::Value::Array(
+        mails
+            .iter()
+            .map(
+                |m| serde_json::json!({"from": m.from, "to": m.to, "data": m.data, "rset": m.rset}),
+            )
+            .collect(),
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", CLIENT, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("client JSON");
+    v.into_iter()
+        .map(|o| Outcome {
+            stage: o["stage"].as_str().unwrap_or_default().to_string(),
+            code: o["code"].as_u64().unwrap_or(0) as u16,
+            text: o["text"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// A plain message with a unique subject.
+pub fn mail(from: &str, to: &[&str], subject: &str) -> Mail {
+    Mail {
+        from: from.into(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        data: format!(
+            "From: <{from}>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@corp.test>\r\n\r\nHello.\r\n",
+            to.join(", "),
+            subject.replace(' ', "-")
+        ),
+        rset: false,
+    }
+}
