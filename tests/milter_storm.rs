@@ -104,9 +104,10 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
     // Releasing one sends it on.
     let first_held = reply_ids[TRIP_REPLIES].clone();
     postfix.release(&first_held);
-    let got = sink.wait_for_messages(2 + TRIP_REPLIES);
-    assert!(
-        got.iter()
-            .any(|m| m.contains(&format!("<reply-{}@corp.test>", TRIP_REPLIES + 1)))
-    );
+    let released = format!("<reply-{}@corp.test>", TRIP_REPLIES + 1);
+    let got = wait_for("the released reply at the sink", || {
+        let m = sink.messages();
+        m.iter().any(|x| x.contains(&released)).then_some(m)
+    });
+    assert_eq!(got.len(), 2 + TRIP_REPLIES, "{got:#?}");
 }
