@@ -224,10 +224,9 @@ fn nhs_storm_with_me_too_messages() {
             h.as_bytes(),
             T0 + i * 20 * SEC,
         ));
-        if v.hold.is_none() {
-            delivered += 1;
-        } else {
-            assert_eq!(v.hold.as_ref().unwrap().breaker, "me-too");
+        match &v.hold {
+            None => delivered += 1,
+            Some(hold) => assert_eq!(hold.breaker, "me-too"),
         }
     }
     assert_eq!(delivered, 10);
