@@ -64,12 +64,16 @@ pub struct ProxyConfig {
     /// Errors (4xx/5xx replies) in one session before it is closed with 421.
     pub max_errors: usize,
     pub bare_newline: BareNewline,
-    /// Waiting for the client's next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    /// The client's next command must arrive whole within this: a deadline, not an idle timer,
+    /// so a client trickling a byte at a time is cut off too (RFC 5321 4.5.3.2.7: 5 minutes).
     #[serde(deserialize_with = "duration")]
     pub command_timeout: Duration,
-    /// Waiting for the next block of DATA (RFC 5321 4.5.3.2.6: 3 minutes).
+    /// DATA must arrive within this plus what `min_data_rate` earns (RFC 5321 4.5.3.2.6).
     #[serde(deserialize_with = "duration")]
     pub data_timeout: Duration,
+    /// Bytes per second a client must sustain in DATA beyond `data_timeout` (Postfix's
+    /// smtpd_min_data_rate).
+    pub min_data_rate: u64,
     /// On SIGTERM, how long sessions in flight may take before they get 421.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
@@ -89,6 +93,7 @@ impl Default for ProxyConfig {
             bare_newline: BareNewline::Reject,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -436,6 +441,7 @@ impl Config {
             ("proxy.max_message_size", self.proxy.max_message_size),
             ("proxy.max_errors", self.proxy.max_errors),
             ("policy.max_threads", self.policy.max_threads),
+            ("proxy.min_data_rate", self.proxy.min_data_rate as usize),
         ] {
             if value == 0 {
                 return fail(key, "must be greater than 0");

@@ -38,12 +38,14 @@ pub async fn run() -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&config_path)?);
     let engine = Arc::new(Engine::new(&config)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(crate::smtp::server::serve(
-        config.clone(),
+    let quarantine = crate::quarantine::Quarantine::open(&config.quarantine.dir)?;
+    let shared = Arc::new(crate::smtp::session::Shared {
+        config: config.clone(),
         engine,
-        listener,
-        stop_rx,
-    ));
+        quarantine: Some(quarantine),
+        notifier: None,
+    });
+    let server = tokio::spawn(crate::smtp::server::serve(shared, listener, stop_rx));
 
     println!(
         "stormbreaker demo: proxy on {proxy_addr}, recording sink on {}",

@@ -227,7 +227,16 @@ impl Engine {
                 action,
             }
         };
-        if let Some(i) = outcomes.iter().position(|o| o.held) {
+        // One storm can open several of a message's keys (subject first, References root
+        // later); naming the breaker that opened first (within a second: the one that has
+        // counted more) keeps the hold, its alert and its release command on one thread key.
+        let first_open = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.held)
+            .min_by_key(|(i, o)| (o.opened_at, std::cmp::Reverse(o.count), *i))
+            .map(|(i, _)| i);
+        if let Some(i) = first_open {
             let hold = hold_for(i);
             tracing::warn!(
                 thread = %hold.thread,
@@ -563,6 +572,33 @@ mod tests {
         c.policy.lists_file = Some(dir.path().join("missing.txt"));
         let err = Engine::new(&c).err().unwrap().to_string();
         assert!(err.contains("missing.txt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn holds_stay_on_the_key_that_opened_first() {
+        // Replies from clients that keep In-Reply-To and References, References only, or only
+        // the subject: the subject key opens first, the References root later, within the same
+        // second. Every hold names the subject key, so alert and release stay on one thread.
+        let engine = Engine::new(&config("[policy]\nfast_audience = 0")).unwrap();
+        let root = "Message-ID: <root@corp.test>\r\nSubject: Welcome\r\n\r\n";
+        let env = envelope("hr@corp.test", &["all@corp.test"]);
+        engine.decide(&env, root.as_bytes(), T0).await;
+        let mut keys = std::collections::HashSet::new();
+        for i in 0..40u64 {
+            let threading = match i % 3 {
+                0 => "In-Reply-To: <root@corp.test>\r\nReferences: <root@corp.test>\r\n",
+                1 => "References: <root@corp.test>\r\n",
+                _ => "",
+            };
+            let h =
+                format!("Subject: RE: Welcome\r\n{threading}Message-ID: <r{i}@corp.test>\r\n\r\n");
+            let env = envelope(&format!("user{i}@corp.test"), &["all@corp.test"]);
+            let v = engine.decide(&env, h.as_bytes(), T0 + 100 + i).await;
+            if let Some(hold) = v.hold {
+                keys.insert(hold.thread);
+            }
+        }
+        assert_eq!(keys.len(), 1, "{keys:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod logging;
 pub mod milter;
+pub mod notify;
 pub mod quarantine;
 pub mod reply;
 pub mod service;

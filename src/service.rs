@@ -2,18 +2,38 @@
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::notify::Notifier;
+use crate::quarantine::Quarantine;
+use crate::smtp::session::Shared;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Tells long-running tasks that shutdown has begun: `*rx.borrow()` turns true.
 pub type Shutdown = watch::Receiver<bool>;
 
-/// Runs the proxy and/or the milter until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the proxy and/or the milter until SIGTERM or SIGINT. `config_path` is named in alerts
+/// (the release command admins are told to run).
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let engine = Arc::new(Engine::new(&config)?);
+    let quarantine = Quarantine::open(&config.quarantine.dir)
+        .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
+    let notifier = Arc::new(Notifier::new(&config, config_path));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tokio::spawn(crate::quarantine::expiry::run(
+        quarantine.clone(),
+        config.quarantine.retention,
+        crate::quarantine::expiry::DEFAULT_EVERY,
+        stop_rx.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        engine: engine.clone(),
+        quarantine: Some(quarantine),
+        notifier: Some(notifier.clone()),
+    });
 
     if let Some(listen) = config.proxy.listen {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -21,9 +41,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("proxy.listen {listen}: {e}"))?;
         tracing::info!(%listen, upstream = %config.upstream.address, "SMTP proxy listening");
         tasks.spawn(crate::smtp::server::serve(
-            config.clone(),
-            engine.clone(),
+            shared.clone(),
             listener,
+            stop_rx.clone(),
+        ));
+    }
+    let metrics = crate::admin::metrics_handle();
+    if let Some(listen) = config.admin.listen {
+        tasks.spawn(crate::admin::serve(
+            listen,
+            engine.clone(),
+            metrics,
             stop_rx.clone(),
         ));
     }
@@ -48,6 +76,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         done??;
+    }
+    // Alerts already decided go out before the process ends.
+    let (sent, failed) = notifier.flush().await;
+    if sent + failed > 0 {
+        tracing::info!(sent, failed, "alert mail flushed at shutdown");
     }
     Ok(())
 }

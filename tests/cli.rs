@@ -67,6 +67,23 @@ fn demo_replays_the_storm_and_reports() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(report.contains("sent                 420"), "{report}");
+    // At most trip_replies (10) replies and the original reach the list; the rest are held.
+    let figure = |label: &str| -> usize {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap();
+        line[label.len() + 2..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let delivered = figure("delivered");
+    let held = figure("held in quarantine");
+    assert!(delivered <= 11, "{report}");
+    assert_eq!(delivered + held, 420, "{report}");
     assert!(report.contains("deliveries avoided"), "{report}");
     assert!(report.contains("quarantine list --config"), "{report}");
 }

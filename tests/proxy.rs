@@ -482,8 +482,24 @@ fn ehlo_offers_only_what_the_upstream_has() {
 fn connection_limit_answers_421() {
     let w = world();
     let limited = Proxy::start(w.postfix.port, "max_connections = 2", "");
-    let _a = Raw::connect(limited.port);
-    let _b = Raw::connect(limited.port);
+    // The start-up probe's session may still hold a slot for a moment: retry until greeted.
+    let greeted = || {
+        let mut held = None;
+        wait_for(Duration::from_secs(10), || {
+            let s = std::net::TcpStream::connect(("127.0.0.1", limited.port)).unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut r, &mut line);
+            let ok = line.starts_with("220");
+            if ok {
+                held = Some(r);
+            }
+            ok
+        });
+        held.expect("a free slot")
+    };
+    let _a = greeted();
+    let _b = greeted();
     let mut c =
         std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", limited.port)).unwrap());
     let mut line = String::new();
@@ -554,4 +570,44 @@ fn sigterm_grace_over_gives_421_mid_transaction() {
     let r = slow.reply();
     assert!(r.starts_with("421"), "{r}");
     assert!(proxy.wait_exit(Duration::from_secs(30)).is_some());
+}
+
+/// Checklist line 18: deadlines, not idle timers. A client trickling bytes is cut off.
+#[test]
+fn a_client_trickling_bytes_is_cut_off() {
+    use std::io::Write;
+    let w = world();
+    let strict = Proxy::start(
+        w.postfix.port,
+        "command_timeout = \"2s\"\ndata_timeout = \"2s\"\nmin_data_rate = 500",
+        "",
+    );
+    // A command, one byte every 300 ms: 12 bytes would take 3.6 s.
+    let mut c = Raw::connect(strict.port);
+    let mut cut = false;
+    for b in b"NOOP trickle\r\n" {
+        if c.reader.get_mut().write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = c.reply();
+    assert!(cut || r.starts_with("421 4.4.2"), "command trickle: {r}");
+    // DATA, one byte every 300 ms: far below 500 bytes per second.
+    let mut c = Raw::connect(strict.port);
+    c.cmd("EHLO trickle.test");
+    assert!(c.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut cut = false;
+    for b in b"Subject: slow\r\n\r\nso slow\r\n".iter().cycle().take(40) {
+        if c.reader.get_mut().write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = c.reply();
+    assert!(cut || r.starts_with("421 4.4.2"), "data trickle: {r}");
 }

@@ -34,6 +34,8 @@ pub struct DataDecoder {
     max_size: usize,
     /// Content bytes emitted so far.
     size: usize,
+    /// Bytes consumed from the wire so far.
+    wire: usize,
     /// Wire bytes in the current line so far, dot and CR included.
     line_len: usize,
     at_line_start: bool,
@@ -53,6 +55,7 @@ impl DataDecoder {
             max_line,
             max_size,
             size: 0,
+            wire: 0,
             line_len: 0,
             at_line_start: true,
             prev_crlf: true,
@@ -67,9 +70,20 @@ impl DataDecoder {
         self.size
     }
 
+    /// Bytes read off the wire so far (for the minimum data rate).
+    pub fn wire_bytes(&self) -> usize {
+        self.wire
+    }
+
     /// Decodes `input` into `out`. Returns `Some(n)` when the end of data was found after `n`
     /// bytes of input (the rest belongs to whatever follows), `None` when all of it was consumed.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let end = self.decode_inner(input, out);
+        self.wire += end.unwrap_or(input.len());
+        end
+    }
+
+    fn decode_inner(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
             if self.cr_pending {

@@ -1,8 +1,7 @@
 //! The proxy listener: accepts clients within the connection limit, runs a session for each,
 //! and on shutdown stops accepting, lets sessions finish up to the grace time, then stops them.
 
-use crate::config::Config;
-use crate::engine::Engine;
+use crate::admin::metric;
 use crate::reply;
 use crate::service::Shutdown;
 use crate::smtp::session::{Session, Shared, Signals};
@@ -13,20 +12,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 pub async fn serve(
-    config: Arc<Config>,
-    engine: Arc<Engine>,
+    shared: Arc<Shared>,
     listener: TcpListener,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let max = config.proxy.max_connections;
+    let max = shared.config.proxy.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = Signals {
         draining: shutdown.clone(),
         stop: stop_rx,
     };
-    let grace = config.proxy.shutdown_grace;
-    let shared = Arc::new(Shared { config, engine });
+    let grace = shared.config.proxy.shutdown_grace;
     let ids = SessionIds::new();
 
     loop {
@@ -42,6 +39,7 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!(metric::CONNECTIONS_REFUSED).increment(1);
                     tracing::warn!(client = %peer, limit = max, "connection limit reached; 421");
                     tokio::spawn(async move {
                         let mut stream = stream;
@@ -51,8 +49,11 @@ pub async fn serve(
                     continue;
                 };
                 let session = Session::new(shared.clone(), stream, peer, ids.next(), signals.clone());
+                metrics::counter!(metric::SESSIONS).increment(1);
+                metrics::gauge!(metric::SESSIONS_ACTIVE).increment(1);
                 tokio::spawn(async move {
                     session.run().await;
+                    metrics::gauge!(metric::SESSIONS_ACTIVE).decrement(1);
                     drop(permit);
                 });
             }

@@ -8,6 +8,8 @@
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::envelope::{Envelope, Recipient};
+use crate::notify::Notifier;
+use crate::quarantine::Quarantine;
 use crate::reply;
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
@@ -19,12 +21,15 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
 
 /// What every session shares.
 pub struct Shared {
     pub config: Arc<Config>,
     pub engine: Arc<Engine>,
+    /// Where held messages go (`[quarantine] dir`).
+    pub quarantine: Option<Quarantine>,
+    /// Alerts to admins and notices to held senders.
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// Signals from the server: `draining` (no new transactions), then `stop` (421 now).
@@ -295,9 +300,13 @@ impl Session {
 
     /// Ends any open transaction, upstream too (RSET), keeping the session.
     pub(crate) async fn reset_transaction(&mut self) {
-        if self.tx.take().is_none() {
-            return;
+        if self.tx.take().is_some() {
+            self.reset_upstream().await;
         }
+    }
+
+    /// Abandons the upstream's open transaction with RSET (dropping the session if that fails).
+    pub(crate) async fn reset_upstream(&mut self) {
         if let Some(up) = self.upstream.as_mut() {
             match up.command(b"RSET\r\n").await {
                 Ok(r) if r.is_success() => {}
@@ -308,6 +317,7 @@ impl Session {
 
     /// The upstream failed mid-transaction: drop it (it abandons the transaction), 451 4.4.2.
     pub(crate) fn upstream_lost(&mut self, e: UpstreamError) -> Flow {
+        metrics::counter!(crate::admin::metric::UPSTREAM_FAILURES).increment(1);
         tracing::warn!(session = %self.id, client = %self.peer, error = %e, "upstream lost; transaction abandoned");
         self.upstream = None;
         self.tx = None;
@@ -374,6 +384,7 @@ impl Session {
     /// The next command line, or None when the session should end (replies already queued).
     async fn read_command(&mut self) -> Option<Vec<u8>> {
         let max = self.config().proxy.max_command_length;
+        let deadline = Instant::now() + self.config().proxy.command_timeout;
         let mut discarding = false;
         loop {
             match command::next_line(&self.inbuf, max) {
@@ -413,7 +424,7 @@ impl Session {
                 return None;
             }
             self.flush().await.ok()?;
-            match self.read_more(self.config().proxy.command_timeout).await {
+            match self.read_more(deadline).await {
                 Read::Data => {}
                 Read::Closed => return None,
                 Read::TimedOut => {
@@ -428,8 +439,8 @@ impl Session {
         }
     }
 
-    /// Reads more client bytes into `inbuf`, bounded by `limit` and by shutdown.
-    pub(crate) async fn read_more(&mut self, limit: std::time::Duration) -> Read {
+    /// Reads more client bytes into `inbuf`, until `deadline` at the latest, or shutdown.
+    pub(crate) async fn read_more(&mut self, deadline: Instant) -> Read {
         if self.inbuf.capacity() - self.inbuf.len() < 4096 {
             self.inbuf.reserve(16 * 1024);
         }
@@ -438,7 +449,7 @@ impl Session {
         let idle = self.tx.is_none();
         loop {
             tokio::select! {
-                r = timeout(limit, self.client.read_buf(&mut self.inbuf)) => {
+                r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.inbuf)) => {
                     return match r {
                         Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                         Ok(Ok(_)) => Read::Data,

@@ -1,6 +1,7 @@
 //! The DATA phase: read the message, ask the engine once the headers are known, then stream it
 //! to the upstream, hold it, or refuse it, always reading the client to its real end of data.
 
+use crate::quarantine::HoldWriter;
 use crate::reply;
 use crate::smtp::data::{self, DataDecoder, DataFlaws};
 use crate::smtp::session::{Flow, Read, Session};
@@ -16,6 +17,8 @@ enum Sink {
     Undecided,
     /// The upstream said 354; content is streamed, dot-stuffed.
     Upstream,
+    /// A breaker holds it: content goes to a quarantine temp file, committed at the end.
+    Hold(Box<HoldWriter>),
     /// Read to the end, then answer with this.
     Refuse(Refusal),
 }
@@ -37,6 +40,12 @@ struct Receiver {
     at_line_start: bool,
     /// The content so far ends with CRLF (or is empty).
     ends_with_crlf: bool,
+    /// The final dot went upstream with the last content.
+    dot_sent: bool,
+    /// DATA was sent upstream when the client sent it (its 354 comes back while the client
+    /// sends content). Until the final dot, the only way out is dropping the connection: a
+    /// command sent now would be message content.
+    upstream_in_data: bool,
 }
 
 /// Handles DATA from the 354 to the final reply.
@@ -55,6 +64,17 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         return Flow::Continue;
     }
     s.reply(reply::START_DATA.as_bytes());
+    let upstream_in_data = match s.upstream.as_mut() {
+        Some(up) => match up.write(b"DATA\r\n").await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(session = %s.id, error = %e, "upstream lost at DATA");
+                s.upstream = None;
+                false
+            }
+        },
+        None => false,
+    };
     let cfg = s.shared.config.clone();
     let mut decoder = DataDecoder::new(
         cfg.proxy.bare_newline,
@@ -68,22 +88,32 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         wire: Vec::with_capacity(16 * 1024),
         at_line_start: true,
         ends_with_crlf: true,
+        dot_sent: false,
+        upstream_in_data,
     };
     let mut content = Vec::with_capacity(16 * 1024);
-    loop {
+    let started = std::time::Instant::now();
+    let violation = loop {
         content.clear();
         let end = decoder.decode(&s.inbuf, &mut content);
         s.inbuf.drain(..end.unwrap_or(s.inbuf.len()));
-        if decoder.flaws.any() {
+        // Bytes after the end of data before our reply: checked before anything more goes
+        // upstream, so the final dot is never sent for such a message.
+        let violation = end.is_some() && !s.inbuf.is_empty();
+        if decoder.flaws.any() || violation {
             rx.abandon(s, Refusal::Flawed);
         } else {
             rx.feed(s, &content, end.is_some()).await;
         }
         if end.is_some() {
-            break;
+            break violation;
         }
         let _ = s.flush().await;
-        let outcome = s.read_more(cfg.proxy.data_timeout).await;
+        // A deadline that grows with what arrived: a client must keep up min_data_rate.
+        let earned = std::time::Duration::from_secs_f64(
+            decoder.wire_bytes() as f64 / cfg.proxy.min_data_rate as f64,
+        );
+        let outcome = s.read_more(started + cfg.proxy.data_timeout + earned).await;
         if !matches!(outcome, Read::Data) {
             // Client gone, too slow, or shutting down: nothing may be delivered.
             s.upstream = None;
@@ -99,8 +129,8 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
             }
             return Flow::Close;
         }
-    }
-    if !s.inbuf.is_empty() {
+    };
+    if violation {
         // Bytes after the end of data before our reply: a pipelining violation, and the
         // signature of a smuggling attempt. Deliver nothing and hang up.
         s.upstream = None;
@@ -126,13 +156,13 @@ impl Receiver {
             };
             self.decide(s, header_len).await;
             let buffered = std::mem::take(&mut self.headers);
-            self.push(s, &buffered).await;
+            self.push(s, &buffered, at_end).await;
             // Keep the header block for logs and the hold record.
             self.headers = buffered;
             self.headers.truncate(header_len);
             return;
         }
-        self.push(s, content).await;
+        self.push(s, content, at_end).await;
     }
 
     async fn decide(&mut self, s: &mut Session, header_len: usize) {
@@ -141,39 +171,86 @@ impl Receiver {
             return;
         };
         let headers = &self.headers[..header_len];
-        self.verdict = s
-            .shared
-            .engine
-            .decide(&tx.envelope, headers, crate::now_ms())
-            .await;
+        let now = crate::now_ms();
+        self.verdict = s.shared.engine.decide(&tx.envelope, headers, now).await;
+        if let (Some(opened), Some(notifier)) = (&self.verdict.opened, &s.shared.notifier) {
+            metrics::counter!(crate::admin::metric::BREAKERS_OPENED).increment(1);
+            notifier.breaker_opened(opened, now);
+        }
+        if self.verdict.action != Action::Deliver {
+            // Held or refused: the upstream must never see this message's final dot.
+            self.leave_data(s);
+        }
         self.sink = match self.verdict.action {
             Action::Deliver => match s.upstream.as_mut() {
-                None => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
-                Some(up) => match up.command(b"DATA\r\n").await {
+                Some(up) if self.upstream_in_data => match up.read_reply().await {
                     Ok(r) if r.code == 354 => Sink::Upstream,
-                    Ok(r) => Sink::Refuse(Refusal::Upstream(r)),
+                    Ok(r) => {
+                        self.upstream_in_data = false;
+                        Sink::Refuse(Refusal::Upstream(r))
+                    }
                     Err(e) => {
-                        s.upstream = None;
+                        self.leave_data(s);
                         Sink::Refuse(Refusal::UpstreamLost(e))
                     }
                 },
+                _ => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
             },
-            // The quarantine store is wired in with the quarantine feature.
-            Action::Quarantine => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
+            Action::Quarantine => match &s.shared.quarantine {
+                Some(q) => {
+                    let q = q.clone();
+                    match tokio::task::spawn_blocking(move || q.begin()).await {
+                        Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
+                        failed => {
+                            tracing::error!(session = %s.id, error = ?failed.map(|r| r.err()), "cannot start a held message; client told 451");
+                            Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
+                        }
+                    }
+                }
+                None => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
+            },
             Action::Reject | Action::Tempfail => {
                 Sink::Refuse(Refusal::Policy(Box::new(self.verdict.clone())))
             }
         };
     }
 
-    async fn push(&mut self, s: &mut Session, content: &[u8]) {
-        if content.is_empty() {
+    /// Sends content on; with `at_end`, the final dot goes in the same write (one syscall and
+    /// one wake-up of the upstream less per message).
+    async fn push(&mut self, s: &mut Session, content: &[u8], at_end: bool) {
+        if content.is_empty() && !at_end {
             return;
         }
-        self.ends_with_crlf = content.ends_with(b"\r\n");
+        if !content.is_empty() {
+            self.ends_with_crlf = content.ends_with(b"\r\n");
+        }
+        if let Sink::Hold(_) = self.sink {
+            let Sink::Hold(mut writer) = std::mem::replace(&mut self.sink, Sink::Undecided) else {
+                return;
+            };
+            let chunk = content.to_vec();
+            let written = tokio::task::spawn_blocking(move || {
+                let r = writer.write_all(&chunk);
+                (writer, r)
+            })
+            .await;
+            self.sink = match written {
+                Ok((writer, Ok(()))) => Sink::Hold(writer),
+                failed => {
+                    tracing::error!(session = %s.id, error = ?failed.map(|(_, r)| r.err()), "cannot write a held message; client told 451");
+                    Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
+                }
+            };
+            return;
+        }
         if let Sink::Upstream = self.sink {
             self.wire.clear();
             data::stuff(content, &mut self.at_line_start, &mut self.wire);
+            if at_end {
+                self.wire
+                    .extend_from_slice(data::end_of_data(self.ends_with_crlf));
+                self.dot_sent = true;
+            }
             let written = match s.upstream.as_mut() {
                 Some(up) => up.write(&self.wire).await,
                 None => Err(UpstreamError::Closed),
@@ -187,19 +264,28 @@ impl Receiver {
 
     /// Stops relaying: an upstream mid-DATA is dropped so it can never see a final dot.
     fn abandon(&mut self, s: &mut Session, why: Refusal) {
-        if let Sink::Upstream = self.sink {
-            s.upstream = None;
-        }
+        self.leave_data(s);
         if !matches!(self.sink, Sink::Refuse(_)) {
             self.sink = Sink::Refuse(why);
         }
     }
 
+    /// Drops an upstream that is inside DATA: closing is the only abort that cannot deliver.
+    fn leave_data(&mut self, s: &mut Session) {
+        if self.upstream_in_data {
+            s.upstream = None;
+            self.upstream_in_data = false;
+        }
+    }
+
     /// After the end of data: the one reply the client gets for this message.
     async fn finish(&mut self, s: &mut Session, flaws: DataFlaws) -> String {
+        if !matches!(self.sink, Sink::Upstream) {
+            self.leave_data(s);
+        }
         if flaws.any() {
             // Nothing went upstream past DATA (abandon dropped it); end the transaction there.
-            s.reset_transaction().await;
+            s.reset_upstream().await;
             return if flaws.too_big {
                 reply::SIZE_EXCEEDED
             } else if flaws.bare_newline {
@@ -214,10 +300,14 @@ impl Receiver {
                 let Some(up) = s.upstream.as_mut() else {
                     return reply::UPSTREAM_FAILED.to_string();
                 };
-                let end = data::end_of_data(self.ends_with_crlf);
-                let result = match up.write(end).await {
-                    Ok(()) => up.read_reply().await,
-                    Err(e) => Err(e),
+                self.upstream_in_data = false;
+                let result = if self.dot_sent {
+                    up.read_reply().await
+                } else {
+                    match up.write(data::end_of_data(self.ends_with_crlf)).await {
+                        Ok(()) => up.read_reply().await,
+                        Err(e) => Err(e),
+                    }
                 };
                 match result {
                     Ok(r) if r.code >= 200 && r.code < 300 || r.code >= 400 => {
@@ -236,12 +326,16 @@ impl Receiver {
                     }
                 }
             }
+            Sink::Hold(writer) => {
+                s.reset_upstream().await;
+                self.commit_hold(s, writer).await
+            }
             Sink::Refuse(Refusal::Policy(v)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 policy_reply(&v)
             }
             Sink::Refuse(Refusal::Upstream(r)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 if r.code >= 400 {
                     String::from_utf8_lossy(&r.raw).into_owned()
                 } else {
@@ -253,11 +347,45 @@ impl Receiver {
                 reply::UPSTREAM_FAILED.to_string()
             }
             Sink::Refuse(Refusal::Local(text)) => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
                 text.to_string()
             }
             Sink::Refuse(Refusal::Flawed) | Sink::Undecided => {
-                s.reset_transaction().await;
+                s.reset_upstream().await;
+                reply::LOCAL_ERROR.to_string()
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// Makes the held message durable; only then does the client hear 250.
+    async fn commit_hold(&mut self, s: &mut Session, writer: Box<HoldWriter>) -> String {
+        let (Some(tx), Some(hold)) = (s.tx.as_ref(), self.verdict.hold.clone()) else {
+            return reply::LOCAL_ERROR.to_string();
+        };
+        let envelope = tx.envelope.clone();
+        let headers = std::mem::take(&mut self.headers);
+        let committed = {
+            let (envelope, hold) = (envelope.clone(), hold.clone());
+            tokio::task::spawn_blocking(move || {
+                let r = writer.commit(&envelope, &hold, &headers);
+                (r, headers)
+            })
+            .await
+        };
+        match committed {
+            Ok((Ok(id), headers)) => {
+                self.headers = headers;
+                metrics::counter!(crate::admin::metric::HELD).increment(1);
+                if let Some(notifier) = &s.shared.notifier {
+                    notifier.message_held(&envelope, &hold, crate::now_ms());
+                }
+                tracing::warn!(session = %s.id, id = %id, thread = %hold.thread, list = hold.list.as_deref().unwrap_or(""), breaker = hold.breaker, reason = %hold.reason, "message held in quarantine");
+                format!("250 2.0.0 {id} held: reply-all storm protection, thread under review\r\n")
+            }
+            failed => {
+                tracing::error!(session = %s.id, error = ?failed.map(|(r, _)| r.err()), "cannot commit a held message; client told 451");
                 reply::LOCAL_ERROR.to_string()
             }
         }
@@ -299,6 +427,12 @@ fn header_block_len(buf: &[u8], at_end: bool) -> Option<usize> {
 
 fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &str) {
     let Some(tx) = s.tx.as_ref() else { return };
+    let decision = if final_reply.starts_with('2') || verdict.action != Action::Deliver {
+        verdict.label()
+    } else {
+        "refused"
+    };
+    metrics::counter!(crate::admin::metric::MESSAGES, "decision" => decision).increment(1);
     let upstream = final_reply.trim_end().rsplit("\r\n").next().unwrap_or("");
     let hold = verdict.hold.as_ref();
     tracing::info!(
@@ -308,7 +442,7 @@ fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &st
         rcpts = tx.envelope.rcpts.len(),
         size,
         reply = %upstream,
-        decision = verdict.label(),
+        decision,
         thread = hold.map(|h| h.thread.as_str()).unwrap_or(""),
         list = hold.and_then(|h| h.list.as_deref()).unwrap_or(""),
         breaker = hold.map(|h| h.breaker).unwrap_or(""),
