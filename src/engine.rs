@@ -6,10 +6,12 @@
 //! subject and audience. See `breaker` for the per-key rules and `store` for where counts live.
 
 use crate::breaker::{Limits, Outcome, Rule};
-use crate::config::{Config, HoldAction, PolicyConfig, StateFallback};
+use crate::config::{Config, HoldAction, PolicyConfig, StateBackend, StateFallback};
 use crate::envelope::Envelope;
 use crate::fingerprint::{self, Audience, ListRule, ListTable, ThreadKey, ThreadKeys};
-use crate::store::{BreakerStatus, MemoryStore, ObserveRequest, StateStore, StoreError};
+use crate::store::{
+    BreakerStatus, MemoryStore, ObserveRequest, RedisStore, StateStore, StoreError,
+};
 use crate::verdict::{Action, Hold, Verdict};
 use anyhow::Context;
 use std::collections::HashSet;
@@ -36,6 +38,23 @@ impl Engine {
     /// `[[lists]]` and `policy.lists_file`; errors name the file and line.
     pub fn new(config: &Config) -> anyhow::Result<Engine> {
         let store = Arc::new(MemoryStore::new(config.policy.max_threads));
+        Engine::with_store(config, store)
+    }
+
+    /// An engine on the state store `[state]` names: in process (as `new`), or Redis. A Redis
+    /// that does not answer at start-up is logged and fallen back from like any outage; only a
+    /// bad `state.url` or `state.prefix` is an error. Call inside a Tokio runtime.
+    pub async fn from_config(config: &Config) -> anyhow::Result<Engine> {
+        let store: Arc<dyn StateStore> = match config.state.backend {
+            StateBackend::Memory => Arc::new(MemoryStore::new(config.policy.max_threads)),
+            StateBackend::Redis => {
+                let redis = RedisStore::new(&config.state)?;
+                if redis.ping().await.is_ok() {
+                    tracing::info!(prefix = %config.state.prefix, "redis state store answers");
+                }
+                Arc::new(redis)
+            }
+        };
         Engine::with_store(config, store)
     }
 

@@ -11,7 +11,9 @@
 //! `open_breakers`.
 
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 use crate::breaker::{Limits, Outcome, Phase, Rule};
