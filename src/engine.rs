@@ -633,6 +633,37 @@ mod tests {
     }
 
     #[test]
+    fn threshold_overrides_are_validated_with_their_key() {
+        for (extra, key) in [
+            ("[policy]\nfast_senders = 9", "policy.fast_senders"),
+            ("[policy]\nfast_senders = 0", "policy.fast_senders"),
+            (
+                "[[lists]]\naddress = \"x@y\"\nmembers = 5\ntrip_replies = 0",
+                "lists[3].trip_replies",
+            ),
+            (
+                "[[lists]]\naddress = \"x@y\"\nmembers = 5\nfast_senders = 20",
+                "lists[3].fast_senders",
+            ),
+            (
+                "[[lists]]\naddress = \"x@y\"\nmembers = 5\nwindow = \"0s\"",
+                "lists[3].window",
+            ),
+        ] {
+            let text = format!(
+                "[proxy]\nlisten = \"127.0.0.1:2525\"\n[[lists]]\naddress = \"a@b\"\nmembers = 1\n\
+                 [[lists]]\naddress = \"c@d\"\nmembers = 1\n[[lists]]\naddress = \"e@f\"\nmembers = 1\n{extra}\n"
+            );
+            let err = Config::parse(&text, Path::new("t.toml")).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{extra}: {err}");
+        }
+        // Turning the fast trip off makes fast_senders irrelevant.
+        let ok =
+            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nfast_audience = 0\nfast_senders = 0\n";
+        assert!(Config::parse(ok, Path::new("t.toml")).is_ok());
+    }
+
+    #[test]
     fn engine_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Engine>();
