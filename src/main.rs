@@ -1,7 +1,7 @@
 //! The `stormbreaker` binary: a thin layer over the library.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use stormbreaker::config::Config;
 
@@ -91,11 +91,54 @@ fn breaker(config: &Config, command: BreakerCommand) -> anyhow::Result<ExitCode>
     })
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("stormbreaker: {e}");
         ExitCode::from(2)
     })
+}
+
+/// For the commands whose `--config` may stand before or after their subcommand.
+fn load_required(path: Option<&Path>, command: &str) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => load(path),
+        None => {
+            eprintln!("stormbreaker {command}: --config FILE is required");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs an async command to its end; errors are printed with their causes. A closed pipe
+/// (`quarantine list | head`) is not an error.
+fn finish<T>(
+    command: &str,
+    result: anyhow::Result<T>,
+    code: impl FnOnce(T) -> ExitCode,
+) -> ExitCode {
+    match result {
+        Ok(v) => code(v),
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stormbreaker {command}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().map(|io| io.kind()) == pipe
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(|json| json.io_error_kind())
+                == pipe
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("tokio runtime")
 }
 
 fn main() -> ExitCode {
@@ -108,60 +151,31 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config: path } => {
-            let config = match load(&path) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            stormbreaker::logging::init(&config.log);
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(stormbreaker::service::run(config, &path)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("stormbreaker: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Run { config: path } => match load(&path) {
+            Ok(config) => {
+                stormbreaker::logging::init(&config.log);
+                let result = runtime().block_on(stormbreaker::service::run(config, &path));
+                finish("run", result, |()| ExitCode::SUCCESS)
             }
-        }
-        Command::Breaker { config, command } => {
-            let Some(config) = config else {
-                eprintln!("stormbreaker breaker: --config FILE is required");
-                return ExitCode::from(2);
-            };
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            breaker(&config, command).unwrap_or_else(|e| {
-                eprintln!("stormbreaker breaker: {e:#}");
-                ExitCode::FAILURE
-            })
-        }
-        Command::Demo => {
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(stormbreaker::demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("stormbreaker demo: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            Err(code) => code,
+        },
+        Command::Breaker { config, command } => match load_required(config.as_deref(), "breaker") {
+            Ok(config) => finish("breaker", breaker(&config, command), |code| code),
+            Err(code) => code,
+        },
+        Command::Demo => finish(
+            "demo",
+            runtime().block_on(stormbreaker::demo::run()),
+            |()| ExitCode::SUCCESS,
+        ),
         Command::Quarantine { config, command } => {
-            let Some(config) = config else {
-                eprintln!("stormbreaker quarantine: --config FILE is required");
-                return ExitCode::from(2);
-            };
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match stormbreaker::quarantine::cli::run(&config, command) {
-                Ok(code) => ExitCode::from(code as u8),
-                Err(e) => {
-                    eprintln!("stormbreaker: {e:#}");
-                    ExitCode::FAILURE
-                }
+            match load_required(config.as_deref(), "quarantine") {
+                Ok(config) => finish(
+                    "quarantine",
+                    stormbreaker::quarantine::cli::run(&config, command),
+                    |code| ExitCode::from(code as u8),
+                ),
+                Err(code) => code,
             }
         }
     }
