@@ -428,3 +428,56 @@ fn kill_9_mid_storm_loses_no_acknowledged_message() {
     let leftovers = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "temporary files of dead writers are cleaned");
 }
+
+/// Issue 5: one process, proxy and milter on one engine. Replies alternate between the proxy
+/// (in front of one Postfix) and a second Postfix that asks the milter: one storm, one count.
+#[test]
+fn a_storm_split_between_proxy_and_milter_is_one_storm() {
+    let w = world();
+    let milter_port = free_port();
+    let with_milter = Postfix::start(
+        w.sink.addr.port(),
+        &format!(
+            "smtpd_milters = inet:127.0.0.1:{milter_port}\nmilter_protocol = 6\n\
+             milter_default_action = tempfail"
+        ),
+    );
+    let extra = format!(
+        "{}[milter]\nlisten = \"127.0.0.1:{milter_port}\"\n",
+        policy("quarantine", LIST, None)
+    );
+    let proxy = Proxy::start(w.postfix.port, "", &extra);
+    assert!(wait_port(milter_port, Duration::from_secs(10)));
+    let thread = format!("split{}", rand::random::<u32>());
+    original(proxy.port, &thread, LIST);
+    for i in 0..30 {
+        let port = if i % 2 == 0 {
+            proxy.port
+        } else {
+            with_milter.port
+        };
+        let (_, answer) = reply(port, &thread, i, LIST);
+        assert!(answer.starts_with("250"), "reply {i}: {answer}");
+    }
+    // Held through the milter: in that Postfix's hold queue.
+    assert!(wait_for(Duration::from_secs(30), || {
+        with_milter
+            .queue()
+            .iter()
+            .filter(|m| m["queue_name"] == "hold")
+            .count()
+            == 10
+    }));
+    settle_marker(w, &proxy);
+    let delivered = delivered_tags(&w.sink, &thread);
+    assert_eq!(
+        delivered.len(),
+        10,
+        "one count across both front ends: {delivered:?}"
+    );
+    let held_by_proxy = quarantine_json(&proxy)
+        .iter()
+        .filter(|e| e["subject"].as_str().unwrap_or("").contains(&thread))
+        .count();
+    assert_eq!(held_by_proxy, 10);
+}
