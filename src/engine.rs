@@ -104,6 +104,13 @@ impl Engine {
                 .contains(&fingerprint::hash_lowercase(addr.trim()))
     }
 
+    /// Whether `decide` could hold a message with this envelope at all (a wide audience, sender
+    /// and list not exempt). When false, `decide` delivers whatever the headers say, so a front
+    /// end may start relaying before it has them.
+    pub fn could_hold(&self, envelope: &Envelope) -> bool {
+        self.wide_audience(envelope).is_some()
+    }
+
     /// Decides for one message. `headers` is the raw header block (up to the empty line);
     /// `now_ms` is Unix time in milliseconds, passed in so storms can be simulated.
     pub async fn decide(&self, envelope: &Envelope, headers: &[u8], now_ms: u64) -> Verdict {
@@ -619,6 +626,18 @@ mod tests {
             }
         }
         assert_eq!(keys.len(), 1, "{keys:?}");
+    }
+
+    #[test]
+    fn could_hold_only_wide_unexempt_envelopes() {
+        let engine =
+            Engine::new(&config("[policy]\nexempt_senders = [\"ceo@corp.test\"]")).unwrap();
+        assert!(engine.could_hold(&envelope("a@corp.test", &["all@corp.test"])));
+        assert!(!engine.could_hold(&envelope("a@corp.test", &["b@corp.test", "c@corp.test"])));
+        assert!(!engine.could_hold(&envelope("ceo@corp.test", &["all@corp.test"])));
+        assert!(!engine.could_hold(&envelope("a@corp.test", &["announce@corp.test"])));
+        // The alert sender is always exempt.
+        assert!(!engine.could_hold(&envelope("storm@corp.test", &["all@corp.test"])));
     }
 
     #[test]

@@ -63,9 +63,14 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         s.reply(text.as_bytes());
         return Flow::Continue;
     }
+    let could_hold = s.shared.engine.could_hold(&tx.envelope);
     s.reply(reply::START_DATA.as_bytes());
+    // Most mail can never be held (narrow audience): DATA goes upstream now, so its 354 comes
+    // back while the client sends content. Mail that could be held waits for the verdict, so a
+    // hold can end the upstream transaction with RSET instead of dropping the connection.
+    let early = !could_hold;
     let upstream_in_data = match s.upstream.as_mut() {
-        Some(up) => match up.write(b"DATA\r\n").await {
+        Some(up) if early => match up.write(b"DATA\r\n").await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(session = %s.id, error = %e, "upstream lost at DATA");
@@ -73,7 +78,7 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
                 false
             }
         },
-        None => false,
+        _ => false,
     };
     let cfg = s.shared.config.clone();
     let mut decoder = DataDecoder::new(
@@ -194,7 +199,18 @@ impl Receiver {
                         Sink::Refuse(Refusal::UpstreamLost(e))
                     }
                 },
-                _ => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
+                Some(up) => match up.command(b"DATA\r\n").await {
+                    Ok(r) if r.code == 354 => {
+                        self.upstream_in_data = true;
+                        Sink::Upstream
+                    }
+                    Ok(r) => Sink::Refuse(Refusal::Upstream(r)),
+                    Err(e) => {
+                        s.upstream = None;
+                        Sink::Refuse(Refusal::UpstreamLost(e))
+                    }
+                },
+                None => Sink::Refuse(Refusal::Local(reply::UPSTREAM_FAILED)),
             },
             Action::Quarantine => match &s.shared.quarantine {
                 Some(q) => {
