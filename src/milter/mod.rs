@@ -35,6 +35,8 @@ const PACKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once; more are closed at once with a log line. Postfix opens one per
 /// smtpd process (default_process_limit 100).
 const MAX_SESSIONS: usize = 1024;
+/// Read buffer per MTA connection; most milter packets are far smaller.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// Serves the milter protocol on `listen` (`host:port` or a unix socket path) until shutdown.
 pub async fn serve(
@@ -298,7 +300,9 @@ async fn run_connection<D: Decider>(
     trace_header: bool,
 ) {
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+    // Postfix opens one milter connection per SMTP session, so this buffer is allocated (and
+    // zeroed) per message: keep it small. Packets larger than it are read straight through.
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
     let mut session = Session::new(trace_header);
     let mut out = Vec::with_capacity(256);
     tracing::debug!(conn = id, peer, "milter: connection");
