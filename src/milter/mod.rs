@@ -299,10 +299,11 @@ async fn run_connection<D: Decider>(
     decider: &D,
     trace_header: bool,
 ) {
-    let (reader, mut writer) = tokio::io::split(stream);
-    // Postfix opens one milter connection per SMTP session, so this buffer is allocated (and
-    // zeroed) per message: keep it small. Packets larger than it are read straight through.
-    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
+    // The conversation is strictly request then response, so one stream serves both ways (no
+    // split halves and their lock). Postfix opens one milter connection per SMTP session, so
+    // this buffer is allocated (and zeroed) per message: keep it small. Packets larger than it
+    // are read straight through.
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     let mut session = Session::new(trace_header);
     let mut out = Vec::with_capacity(256);
     tracing::debug!(conn = id, peer, "milter: connection");
@@ -341,12 +342,12 @@ async fn run_connection<D: Decider>(
         for r in &responses {
             codec::encode(r, &mut out);
         }
-        if let Err(e) = writer.write_all(&out).await {
+        if let Err(e) = reader.get_mut().write_all(&out).await {
             tracing::warn!(conn = id, peer, error = %e, "milter: write failed, closing connection");
             break;
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = reader.get_mut().shutdown().await;
 }
 
 /// One structured line per message, naming the MTA's queue id so a hold can be released.
