@@ -101,10 +101,17 @@ fn kill_9_while_holding_leaves_only_complete_messages() {
             assert_eq!(m.content, message(*n), "round {round}: {id}");
             assert_eq!(m.meta.reason, format!("crash {n}"));
         }
-        assert_eq!(
-            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
-            0,
-            "round {round}: the unfinished write was cleaned up"
+        // An unfinished write is gone. A kill between creating a temporary folder and its
+        // (locked) message file leaves the empty folder, which open() removes after a grace
+        // period, since a live writer may be in that same window.
+        let unfinished: Vec<_> = std::fs::read_dir(tmp.path().join("tmp"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("message").exists())
+            .collect();
+        assert!(
+            unfinished.is_empty(),
+            "round {round}: unfinished writes left: {unfinished:?}"
         );
     }
 }
