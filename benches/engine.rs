@@ -31,14 +31,7 @@ fn engine(policy: &str) -> Engine {
 }
 
 fn envelope() -> Envelope {
-    Envelope {
-        mail_from: "someone@corp.test".into(),
-        rcpts: vec![Recipient {
-            address: "all@corp.test".into(),
-            params: String::new(),
-        }],
-        ..Envelope::default()
-    }
+    Envelope::to("someone@corp.test", &["all@corp.test"])
 }
 
 fn reply_headers(thread: usize) -> String {
@@ -134,10 +127,7 @@ fn bench_decide(c: &mut Criterion) {
     });
     // Narrow audience: the common case, decided without parsing.
     let narrow = Envelope {
-        rcpts: vec![Recipient {
-            address: "friend@corp.test".into(),
-            params: String::new(),
-        }],
+        rcpts: vec![Recipient::plain("friend@corp.test")],
         ..env.clone()
     };
     g.bench_function("narrow_raw", |b| {

@@ -7,10 +7,11 @@
 #[path = "../tests/redis_support/mod.rs"]
 mod redis_support;
 
-use redis_support::{RedisServer, config, envelope, reply};
+use redis_support::{RedisServer, config, reply};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stormbreaker::engine::Engine;
+use stormbreaker::envelope::Envelope;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -31,7 +32,7 @@ async fn run(
         let engine = engine.clone();
         let tag = tag.to_string();
         set.spawn(async move {
-            let env = envelope(&format!("user{t}@atos.test"), &["all@atos.test"]);
+            let env = Envelope::to(&format!("user{t}@atos.test"), &["all@atos.test"]);
             let mut lat = Vec::with_capacity(per_task);
             for i in 0..per_task {
                 let headers = reply(i, &format!("{tag} thread {t}-{}", i / 20));

@@ -430,7 +430,6 @@ pub fn reason(rule: Rule, count: u32, audience: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Recipient;
     use std::path::Path;
 
     const T0: u64 = 1_700_000_000_000;
@@ -446,20 +445,6 @@ mod tests {
         Config::parse(&text, Path::new("test.toml")).unwrap()
     }
 
-    fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
-        Envelope {
-            mail_from: from.into(),
-            rcpts: rcpts
-                .iter()
-                .map(|r| Recipient {
-                    address: r.to_string(),
-                    params: String::new(),
-                })
-                .collect(),
-            ..Envelope::default()
-        }
-    }
-
     fn reply(n: usize) -> String {
         format!(
             "Message-ID: <r{n}@corp.test>\r\nIn-Reply-To: <root@corp.test>\r\n\
@@ -470,7 +455,7 @@ mod tests {
     async fn storm(engine: &Engine, to: &str, n: usize) -> Vec<Verdict> {
         let mut out = Vec::new();
         for i in 0..n {
-            let env = envelope(&format!("user{}@corp.test", i % 3), &[to]);
+            let env = Envelope::to(&format!("user{}@corp.test", i % 3), &[to]);
             out.push(
                 engine
                     .decide(&env, reply(i).as_bytes(), T0 + i as u64 * MIN)
@@ -502,7 +487,7 @@ mod tests {
     async fn narrow_replies_pass_even_when_the_thread_is_tripped() {
         let engine = Engine::new(&config("")).unwrap();
         storm(&engine, "all@corp.test", 12).await;
-        let env = envelope("user1@corp.test", &["boss@corp.test"]);
+        let env = Envelope::to("user1@corp.test", &["boss@corp.test"]);
         let v = engine
             .decide(&env, reply(99).as_bytes(), T0 + 13 * MIN)
             .await;
@@ -519,7 +504,7 @@ mod tests {
         storm(&engine, "all@corp.test", 12).await;
         let v = engine
             .decide(
-                &envelope("ceo@corp.test", &["all@corp.test"]),
+                &Envelope::to("ceo@corp.test", &["all@corp.test"]),
                 reply(1).as_bytes(),
                 T0 + 13 * MIN,
             )
@@ -563,7 +548,7 @@ mod tests {
         assert_eq!(v[0].hold.as_ref().unwrap().breaker, "manual");
         engine.reset("subj:quarterly results").await;
         assert!(engine.open_breakers(T0).await.is_empty());
-        let env = envelope("x@corp.test", &["all@corp.test"]);
+        let env = Envelope::to("x@corp.test", &["all@corp.test"]);
         assert_eq!(
             engine.decide(&env, reply(5).as_bytes(), T0 + MIN).await,
             Verdict::DELIVER
@@ -575,7 +560,7 @@ mod tests {
         let engine = Engine::new(&config("[policy]\nme_too_messages = 3")).unwrap();
         let mut verdicts = Vec::new();
         for i in 0..4u64 {
-            let env = envelope(&format!("u{i}@corp.test"), &["all@corp.test"]);
+            let env = Envelope::to(&format!("u{i}@corp.test"), &["all@corp.test"]);
             let h = format!("Message-ID: <n{i}@corp.test>\r\nSubject: Please remove me\r\n\r\n");
             verdicts.push(engine.decide(&env, h.as_bytes(), T0 + i * MIN).await);
         }
@@ -608,7 +593,7 @@ mod tests {
         // second. Every hold names the subject key, so alert and release stay on one thread.
         let engine = Engine::new(&config("[policy]\nfast_audience = 0")).unwrap();
         let root = "Message-ID: <root@corp.test>\r\nSubject: Welcome\r\n\r\n";
-        let env = envelope("hr@corp.test", &["all@corp.test"]);
+        let env = Envelope::to("hr@corp.test", &["all@corp.test"]);
         engine.decide(&env, root.as_bytes(), T0).await;
         let mut keys = std::collections::HashSet::new();
         for i in 0..40u64 {
@@ -619,7 +604,7 @@ mod tests {
             };
             let h =
                 format!("Subject: RE: Welcome\r\n{threading}Message-ID: <r{i}@corp.test>\r\n\r\n");
-            let env = envelope(&format!("user{i}@corp.test"), &["all@corp.test"]);
+            let env = Envelope::to(&format!("user{i}@corp.test"), &["all@corp.test"]);
             let v = engine.decide(&env, h.as_bytes(), T0 + 100 + i).await;
             if let Some(hold) = v.hold {
                 keys.insert(hold.thread);
@@ -632,12 +617,15 @@ mod tests {
     fn could_hold_only_wide_unexempt_envelopes() {
         let engine =
             Engine::new(&config("[policy]\nexempt_senders = [\"ceo@corp.test\"]")).unwrap();
-        assert!(engine.could_hold(&envelope("a@corp.test", &["all@corp.test"])));
-        assert!(!engine.could_hold(&envelope("a@corp.test", &["b@corp.test", "c@corp.test"])));
-        assert!(!engine.could_hold(&envelope("ceo@corp.test", &["all@corp.test"])));
-        assert!(!engine.could_hold(&envelope("a@corp.test", &["announce@corp.test"])));
+        assert!(engine.could_hold(&Envelope::to("a@corp.test", &["all@corp.test"])));
+        assert!(!engine.could_hold(&Envelope::to(
+            "a@corp.test",
+            &["b@corp.test", "c@corp.test"]
+        )));
+        assert!(!engine.could_hold(&Envelope::to("ceo@corp.test", &["all@corp.test"])));
+        assert!(!engine.could_hold(&Envelope::to("a@corp.test", &["announce@corp.test"])));
         // The alert sender is always exempt.
-        assert!(!engine.could_hold(&envelope("storm@corp.test", &["all@corp.test"])));
+        assert!(!engine.could_hold(&Envelope::to("storm@corp.test", &["all@corp.test"])));
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub struct Envelope {
     pub rcpts: Vec<Recipient>,
 }
 
+impl Envelope {
+    /// An envelope from `mail_from` to plain recipients (no parameters, client or HELO), as
+    /// simulations, benchmarks and tests build them.
+    pub fn to(mail_from: &str, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            mail_from: mail_from.into(),
+            rcpts: rcpts.iter().map(|r| Recipient::plain(r)).collect(),
+            ..Envelope::default()
+        }
+    }
+}
+
 /// One accepted RCPT TO.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recipient {
@@ -23,4 +35,14 @@ pub struct Recipient {
     pub address: String,
     /// RCPT TO parameters as sent upstream, e.g. `NOTIFY=FAILURE ORCPT=rfc822;a@b`.
     pub params: String,
+}
+
+impl Recipient {
+    /// A recipient without parameters.
+    pub fn plain(address: &str) -> Recipient {
+        Recipient {
+            address: address.into(),
+            params: String::new(),
+        }
+    }
 }

@@ -446,7 +446,6 @@ fn rfc2822(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::config::HoldAction;
-    use crate::envelope::Recipient;
 
     const MIN: u64 = 60_000;
 
@@ -473,14 +472,7 @@ mod tests {
     }
 
     fn env(sender: &str) -> Envelope {
-        Envelope {
-            mail_from: sender.into(),
-            rcpts: vec![Recipient {
-                address: "all@corp.test".into(),
-                params: String::new(),
-            }],
-            ..Default::default()
-        }
+        Envelope::to(sender, &["all@corp.test"])
     }
 
     fn kinds(out: &[Outgoing]) -> Vec<&'static str> {

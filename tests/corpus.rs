@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use stormbreaker::config::Config;
 use stormbreaker::engine::Engine;
-use stormbreaker::envelope::{Envelope, Recipient};
+use stormbreaker::envelope::Envelope;
 use stormbreaker::fingerprint::{self, ThreadKeys};
 use stormbreaker::verdict::Verdict;
 
@@ -264,14 +264,7 @@ fn replay(policy: &str) -> Vec<(PathBuf, Verdict)> {
     let mut out = Vec::new();
     for (i, m) in mails.iter().enumerate() {
         let now = m.date_ms.unwrap_or(last + i as u64 * 1000);
-        let envelope = Envelope {
-            mail_from: m.from.clone(),
-            rcpts: vec![Recipient {
-                address: "notmuch@notmuchmail.org".into(),
-                params: String::new(),
-            }],
-            ..Envelope::default()
-        };
+        let envelope = Envelope::to(&m.from, &["notmuch@notmuchmail.org"]);
         let raw = std::fs::read(&m.path).unwrap();
         let verdict = rt.block_on(engine.decide(&envelope, header_block(&raw), now));
         out.push((m.path.clone(), verdict));

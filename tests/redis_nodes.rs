@@ -7,6 +7,7 @@ mod redis_support;
 use redis_support::*;
 use std::sync::Arc;
 use stormbreaker::engine::Engine;
+use stormbreaker::envelope::Envelope;
 use stormbreaker::verdict::Verdict;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -21,7 +22,7 @@ fn rt() -> tokio::runtime::Runtime {
 async fn storm(nodes: &[&Engine], subject: &str, times: &[u64]) -> Vec<Verdict> {
     let mut out = Vec::new();
     for (i, &now) in times.iter().enumerate() {
-        let env = envelope(&format!("user{i}@atos.test"), &["all@atos.test"]);
+        let env = Envelope::to(&format!("user{i}@atos.test"), &["all@atos.test"]);
         let node = nodes[i % nodes.len()];
         out.push(node.decide(&env, reply(i, subject).as_bytes(), now).await);
     }
@@ -88,7 +89,7 @@ fn manual_trip_on_one_node_holds_on_the_other_and_reset_anywhere_clears_it() {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].key, "subj:office move");
         assert_eq!(listed[0].breaker, "manual");
-        let env = envelope("x@atos.test", &["all@atos.test"]);
+        let env = Envelope::to("x@atos.test", &["all@atos.test"]);
         let v = b
             .decide(&env, reply(3, "Office move").as_bytes(), T0 + 2 * SEC)
             .await;
@@ -122,7 +123,7 @@ fn simultaneous_replies_on_both_nodes_open_exactly_once() {
                 let node = if i % 2 == 0 { a.clone() } else { b.clone() };
                 let subject = subject.clone();
                 tasks.spawn(async move {
-                    let env = envelope(&format!("user{i}@atos.test"), &["all@atos.test"]);
+                    let env = Envelope::to(&format!("user{i}@atos.test"), &["all@atos.test"]);
                     node.decide(&env, reply(i, &subject).as_bytes(), T0 + SEC)
                         .await
                 });
@@ -154,7 +155,7 @@ fn a_node_started_while_redis_is_down_decides_locally_then_uses_redis() {
         server.start();
         let mut used = false;
         for i in 0..300 {
-            let env = envelope(&format!("late{i}@atos.test"), &["all@atos.test"]);
+            let env = Envelope::to(&format!("late{i}@atos.test"), &["all@atos.test"]);
             engine
                 .decide(&env, reply(i, "Late storm").as_bytes(), T0)
                 .await;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stormbreaker::config::StateConfig;
 use stormbreaker::engine::Engine;
+use stormbreaker::envelope::Envelope;
 use stormbreaker::fingerprint::ThreadKey;
 use stormbreaker::store::RedisStore;
 use stormbreaker::verdict::Verdict;
@@ -41,7 +42,7 @@ const BACK: &str = "state store answers again";
 async fn storm(engine: &Engine, subject: &str, from: usize, n: usize, t: u64) -> Vec<Verdict> {
     let mut out = Vec::new();
     for i in from..from + n {
-        let env = envelope(&format!("user{i}@atos.test"), &["all@atos.test"]);
+        let env = Envelope::to(&format!("user{i}@atos.test"), &["all@atos.test"]);
         let now = t + i as u64 * 5 * SEC;
         out.push(engine.decide(&env, reply(i, subject).as_bytes(), now).await);
     }

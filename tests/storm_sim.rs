@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::path::Path;
 use stormbreaker::config::Config;
 use stormbreaker::engine::Engine;
-use stormbreaker::envelope::{Envelope, Recipient};
+use stormbreaker::envelope::Envelope;
 use stormbreaker::verdict::{Action, Verdict};
 
 const T0: u64 = 1_700_000_000_000;
@@ -22,20 +22,6 @@ fn engine(extra: &str) -> Engine {
          [[lists]]\naddress = \"all@corp.test\"\nmembers = 12000\n"
     );
     Engine::new(&Config::parse(&text, Path::new("sim.toml")).unwrap()).unwrap()
-}
-
-fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
-    Envelope {
-        mail_from: from.into(),
-        rcpts: rcpts
-            .iter()
-            .map(|r| Recipient {
-                address: r.to_string(),
-                params: String::new(),
-            })
-            .collect(),
-        ..Envelope::default()
-    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -138,7 +124,7 @@ fn run_storm(
     for (i, &now) in times.iter().enumerate() {
         let from = format!("user{}@corp.test", sender_base + i);
         let h = reply(CLIENTS[i % 4], sender_base + i, subject);
-        let v = rt.block_on(engine.decide(&envelope(&from, &[list]), h.as_bytes(), now));
+        let v = rt.block_on(engine.decide(&Envelope::to(&from, &[list]), h.as_bytes(), now));
         if v.hold.is_some() {
             tally.held += 1;
         } else {
@@ -156,7 +142,7 @@ fn atos_storm_delivers_at_most_trip_replies() {
     let rt = rt();
     let subject = "Atos Origin - new office opening";
     let first = rt.block_on(engine.decide(
-        &envelope("comms@atos.test", &["all@atos.test"]),
+        &Envelope::to("comms@atos.test", &["all@atos.test"]),
         original(subject).as_bytes(),
         T0,
     ));
@@ -220,7 +206,7 @@ fn nhs_storm_with_me_too_messages() {
             "Message-ID: <new{i}@nhs.test>\r\nSubject: Please remove me from this list\r\n\r\n"
         );
         let v = rt.block_on(engine.decide(
-            &envelope(&format!("nurse{i}@nhs.test"), &["everyone@nhs.test"]),
+            &Envelope::to(&format!("nurse{i}@nhs.test"), &["everyone@nhs.test"]),
             h.as_bytes(),
             T0 + i * 20 * SEC,
         ));
@@ -242,7 +228,7 @@ fn three_person_thread_with_200_replies_never_trips() {
         let to: Vec<&str> = people.iter().copied().filter(|p| *p != from).collect();
         let h = reply(CLIENTS[i % 4], i, "Budget spreadsheet");
         let v = rt.block_on(engine.decide(
-            &envelope(from, &to),
+            &Envelope::to(from, &to),
             h.as_bytes(),
             T0 + i as u64 * 30 * SEC,
         ));
@@ -256,7 +242,7 @@ fn broadcast_announcement_is_never_held() {
     let engine = engine("");
     let rt = rt();
     let v = rt.block_on(engine.decide(
-        &envelope("ceo@corp.test", &["all@corp.test"]),
+        &Envelope::to("ceo@corp.test", &["all@corp.test"]),
         original("Company results Q3").as_bytes(),
         T0,
     ));
@@ -269,7 +255,7 @@ fn broadcast_announcement_is_never_held() {
         let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
         let h = format!("Message-ID: <a{region}@corp.test>\r\nSubject: Company results Q3\r\n\r\n");
         let v = rt.block_on(engine.decide(
-            &envelope("ceo@corp.test", &rcpts),
+            &Envelope::to("ceo@corp.test", &rcpts),
             h.as_bytes(),
             T0 + region * MIN,
         ));
@@ -279,7 +265,7 @@ fn broadcast_announcement_is_never_held() {
     for i in 0..50u64 {
         let h = reply(Client::Thunderbird, i as usize, "Company results Q3");
         let v = rt.block_on(engine.decide(
-            &envelope(&format!("u{i}@corp.test"), &["ceo@corp.test"]),
+            &Envelope::to(&format!("u{i}@corp.test"), &["ceo@corp.test"]),
             h.as_bytes(),
             T0 + 10 * MIN + i * SEC,
         ));
@@ -342,7 +328,7 @@ fn mixed_clients_land_in_one_thread() {
     for (n, client) in CLIENTS.into_iter().enumerate() {
         let h = reply(client, 1000 + n, subject);
         let v = rt.block_on(engine.decide(
-            &envelope("late@corp.test", &["all@corp.test"]),
+            &Envelope::to("late@corp.test", &["all@corp.test"]),
             h.as_bytes(),
             T0 + 30 * MIN,
         ));
@@ -362,7 +348,7 @@ fn a_flood_of_unique_threads_stays_under_the_cap() {
             "Message-ID: <f{i}@x>\r\nIn-Reply-To: <root{i}@x>\r\nSubject: Re: unique {i}\r\n\r\n"
         );
         rt.block_on(engine.decide(
-            &envelope(&format!("bot{i}@x"), &["all@corp.test"]),
+            &Envelope::to(&format!("bot{i}@x"), &["all@corp.test"]),
             h.as_bytes(),
             T0 + MIN + i * 10,
         ));

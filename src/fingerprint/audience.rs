@@ -167,13 +167,7 @@ mod tests {
     use super::*;
 
     fn rcpts(addrs: &[&str]) -> Vec<Recipient> {
-        addrs
-            .iter()
-            .map(|a| Recipient {
-                address: a.to_string(),
-                params: String::new(),
-            })
-            .collect()
+        addrs.iter().map(|a| Recipient::plain(a)).collect()
     }
 
     fn table() -> ListTable {

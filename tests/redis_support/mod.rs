@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use stormbreaker::config::Config;
-use stormbreaker::envelope::{Envelope, Recipient};
 
 pub const T0: u64 = 1_700_000_000_000;
 pub const SEC: u64 = 1000;
@@ -147,20 +146,6 @@ pub fn config(redis: Option<(&str, &str)>, extra: &str) -> Config {
          [[lists]]\naddress = \"all@atos.test\"\nmembers = 91053\n"
     );
     Config::parse(&text, Path::new("redis-test.toml")).expect("test config")
-}
-
-pub fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
-    Envelope {
-        mail_from: from.into(),
-        rcpts: rcpts
-            .iter()
-            .map(|r| Recipient {
-                address: r.to_string(),
-                params: String::new(),
-            })
-            .collect(),
-        ..Envelope::default()
-    }
 }
 
 /// Reply `n` of a storm on `subject`, from one of four mail clients' header shapes (Outlook
