@@ -63,12 +63,11 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
         s.reply(text.as_bytes());
         return Flow::Continue;
     }
-    let could_hold = s.shared.engine.could_hold(&tx.envelope);
-    s.reply(reply::START_DATA.as_bytes());
     // Most mail can never be held (narrow audience): DATA goes upstream now, so its 354 comes
     // back while the client sends content. Mail that could be held waits for the verdict, so a
     // hold can end the upstream transaction with RSET instead of dropping the connection.
-    let early = !could_hold;
+    let early = !s.shared.engine.could_hold(&tx.envelope);
+    s.reply(reply::START_DATA.as_bytes());
     let upstream_in_data = match s.upstream.as_mut() {
         Some(up) if early => match up.write(b"DATA\r\n").await {
             Ok(()) => true,
