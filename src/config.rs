@@ -104,23 +104,92 @@ impl Default for ProxyConfig {
 pub struct UpstreamConfig {
     /// The MTA every accepted message goes to (host:port).
     pub address: String,
-    /// Pass the real client address and HELO with XCLIENT or XFORWARD when the upstream offers them.
-    pub pass_client: bool,
+    /// How the real client address and HELO reach the upstream (see [`PassClient`]).
+    pub pass_client: PassClient,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     /// Waiting for any upstream reply. Kept well under the 10 minutes a client waits after its
     /// final dot (RFC 5321 4.5.3.2.6), and under Postfix's 100 s smtpd_proxy_timeout.
     #[serde(deserialize_with = "duration")]
     pub reply_timeout: Duration,
+    /// Idle upstream connections kept for the next client session; 0 turns reuse off. Only
+    /// connections that carry no client identity are reused (never after XCLIENT).
+    pub pool_size: usize,
+    /// An idle connection is closed (QUIT) after this long unused (Postfix's
+    /// smtp_connection_cache_time_limit is 2s; MTAs time idle sessions out after minutes).
+    #[serde(deserialize_with = "duration")]
+    pub pool_idle_time: Duration,
+    /// Transactions one upstream connection carries before it is closed; 20 matches
+    /// Exchange's MaxMessagesPerConnection default.
+    pub reuse_count_limit: u32,
+    /// Age after which an upstream connection is not reused (Postfix's
+    /// smtp_connection_reuse_time_limit).
+    #[serde(deserialize_with = "duration")]
+    pub reuse_time_limit: Duration,
+}
+
+/// How the proxy tells the upstream who the real client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassClient {
+    /// `true`: XCLIENT when offered (the MTA's restrictions then judge the real client), else
+    /// XFORWARD before each transaction. An XCLIENT connection serves one client session only.
+    #[default]
+    Xclient,
+    /// `"xforward"`: XFORWARD only. The MTA logs the real client but judges the proxy; upstream
+    /// connections stay reusable across client sessions.
+    Xforward,
+    /// `false`: the upstream sees only the proxy.
+    Off,
+}
+
+impl PassClient {
+    pub fn xclient(self) -> bool {
+        self == PassClient::Xclient
+    }
+
+    pub fn xforward(self) -> bool {
+        self != PassClient::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for PassClient {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PassClient;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"true, false, "xclient" or "xforward""#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<PassClient, E> {
+                Ok(if v {
+                    PassClient::Xclient
+                } else {
+                    PassClient::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PassClient, E> {
+                match v {
+                    "xclient" => Ok(PassClient::Xclient),
+                    "xforward" => Ok(PassClient::Xforward),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:10025".into(),
-            pass_client: true,
+            pass_client: PassClient::Xclient,
             connect_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(90),
+            pool_size: 32,
+            pool_idle_time: Duration::from_secs(5),
+            reuse_count_limit: 20,
+            reuse_time_limit: Duration::from_secs(300),
         }
     }
 }
@@ -442,6 +511,10 @@ impl Config {
             ("proxy.max_errors", self.proxy.max_errors),
             ("policy.max_threads", self.policy.max_threads),
             ("proxy.min_data_rate", self.proxy.min_data_rate as usize),
+            (
+                "upstream.reuse_count_limit",
+                self.upstream.reuse_count_limit as usize,
+            ),
         ] {
             if value == 0 {
                 return fail(key, "must be greater than 0");
@@ -464,6 +537,7 @@ impl Config {
             ("policy.block_for", self.policy.block_for),
             ("policy.fast_window", self.policy.fast_window),
             ("notify.interval", self.notify.interval),
+            ("upstream.pool_idle_time", self.upstream.pool_idle_time),
         ] {
             if value.is_zero() {
                 return fail(key, "must be longer than 0s");
@@ -578,6 +652,32 @@ mod tests {
             parse_duration("14d").unwrap(),
             Duration::from_secs(14 * 86400)
         );
+    }
+
+    #[test]
+    fn pass_client_takes_a_bool_or_a_mechanism() {
+        let with = |v: &str| {
+            parse(&format!(
+                "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\npass_client = {v}\n"
+            ))
+        };
+        assert_eq!(
+            with("true").unwrap().upstream.pass_client,
+            PassClient::Xclient
+        );
+        assert_eq!(with("false").unwrap().upstream.pass_client, PassClient::Off);
+        assert_eq!(
+            with("\"xclient\"").unwrap().upstream.pass_client,
+            PassClient::Xclient
+        );
+        assert_eq!(
+            with("\"xforward\"").unwrap().upstream.pass_client,
+            PassClient::Xforward
+        );
+        let e = with("\"proxy\"").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.to_string().contains("upstream.pass_client"), "{e}");
+        assert!(e.to_string().contains("xforward"), "{e}");
     }
 
     #[test]

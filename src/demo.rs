@@ -39,12 +39,12 @@ pub async fn run() -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(&config)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let quarantine = crate::quarantine::Quarantine::open(&config.quarantine.dir)?;
-    let shared = Arc::new(crate::smtp::session::Shared {
-        config: config.clone(),
+    let shared = Arc::new(crate::smtp::session::Shared::new(
+        config.clone(),
         engine,
-        quarantine: Some(quarantine),
-        notifier: None,
-    });
+        Some(quarantine),
+        None,
+    ));
     let server = tokio::spawn(crate::smtp::server::serve(shared, listener, stop_rx));
 
     println!(

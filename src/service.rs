@@ -28,12 +28,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         crate::quarantine::expiry::DEFAULT_EVERY,
         stop_rx.clone(),
     ));
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        engine: engine.clone(),
-        quarantine: Some(quarantine),
-        notifier: Some(notifier.clone()),
-    });
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        engine.clone(),
+        Some(quarantine),
+        Some(notifier.clone()),
+    ));
 
     if let Some(listen) = config.proxy.listen {
         let listener = tokio::net::TcpListener::bind(listen)

@@ -6,6 +6,8 @@ pub const CONNECTIONS_REFUSED: &str = "stormbreaker_connections_refused_total";
 /// Label `decision`: deliver, would-hold, quarantine, reject, tempfail, refused (framing/limits).
 pub const MESSAGES: &str = "stormbreaker_messages_total";
 pub const UPSTREAM_FAILURES: &str = "stormbreaker_upstream_failures_total";
+pub const UPSTREAM_CONNECTS: &str = "stormbreaker_upstream_connections_total";
+pub const UPSTREAM_REUSED: &str = "stormbreaker_upstream_reused_total";
 pub const BREAKERS_OPENED: &str = "stormbreaker_breakers_opened_total";
 pub const HELD: &str = "stormbreaker_quarantine_held_total";
 
@@ -21,6 +23,11 @@ pub fn describe() {
     metrics::describe_counter!(
         UPSTREAM_FAILURES,
         "Upstream sessions lost or refused mid-transaction"
+    );
+    metrics::describe_counter!(UPSTREAM_CONNECTS, "Upstream connections opened");
+    metrics::describe_counter!(
+        UPSTREAM_REUSED,
+        "Client sessions served by an idle upstream connection from the pool"
     );
     metrics::describe_counter!(BREAKERS_OPENED, "Thread breakers opened (one alert each)");
     metrics::describe_counter!(HELD, "Messages committed to the quarantine");

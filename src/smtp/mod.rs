@@ -4,6 +4,7 @@
 //! - `data`: DATA framing, strict end of data, dot-(un)stuffing.
 //! - `extensions`: EHLO keywords, upstream's and ours.
 //! - `upstream`: the SMTP client to the MTA.
+//! - `pool`: idle upstream connections kept for the next client session.
 //! - `session`: one client session's command loop.
 //! - `transfer`: the DATA phase, where the engine's verdict is acted on.
 //! - `server`: the listener, connection limit, graceful shutdown.
@@ -11,6 +12,7 @@
 pub mod command;
 pub mod data;
 pub mod extensions;
+pub mod pool;
 pub mod server;
 pub mod session;
 pub mod transfer;

@@ -25,6 +25,9 @@ pub async fn serve(
     };
     let grace = shared.config.proxy.shutdown_grace;
     let ids = SessionIds::new();
+    let pool_shared = shared.clone();
+    let pool_shutdown = shutdown.clone();
+    let idle_closer = tokio::spawn(async move { pool_shared.pool.close_idle(pool_shutdown).await });
 
     loop {
         tokio::select! {
@@ -81,6 +84,8 @@ pub async fn serve(
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), slots.acquire_many(all)).await;
     }
+    let _ = idle_closer.await;
+    shared.pool.close_all().await;
     tracing::info!("proxy stopped");
     Ok(())
 }

@@ -13,8 +13,9 @@ use crate::quarantine::Quarantine;
 use crate::reply;
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
+use crate::smtp::pool::{PoolLimits, UpstreamPool};
 use crate::smtp::transfer;
-use crate::smtp::upstream::{ClientIdentity, Timeouts, Upstream, UpstreamError};
+use crate::smtp::upstream::{ClientIdentity, Reply, Timeouts, Upstream, UpstreamError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,26 @@ pub struct Shared {
     pub quarantine: Option<Quarantine>,
     /// Alerts to admins and notices to held senders.
     pub notifier: Option<Arc<Notifier>>,
+    /// Idle upstream connections for the next client session.
+    pub pool: UpstreamPool,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        engine: Arc<Engine>,
+        quarantine: Option<Quarantine>,
+        notifier: Option<Arc<Notifier>>,
+    ) -> Self {
+        let pool = UpstreamPool::new(PoolLimits::from_config(&config.upstream));
+        Shared {
+            config,
+            engine,
+            quarantine,
+            notifier,
+            pool,
+        }
+    }
 }
 
 /// Signals from the server: `draining` (no new transactions), then `stop` (421 now).
@@ -67,6 +88,8 @@ pub struct Session {
     esmtp: bool,
     /// The upstream session already knows the real client (XCLIENT accepted).
     identity_passed: bool,
+    /// The upstream session came from the pool (it may have been closed while idle).
+    upstream_from_pool: bool,
     pub(crate) tx: Option<Transaction>,
     errors: usize,
     signals: Signals,
@@ -92,6 +115,7 @@ impl Session {
             helo: None,
             esmtp: false,
             identity_passed: false,
+            upstream_from_pool: false,
             tx: None,
             errors: 0,
             signals,
@@ -138,7 +162,17 @@ impl Session {
         }
         let _ = self.flush().await;
         if let Some(up) = self.upstream.take() {
-            up.quit().await;
+            // Reusable only if it never learnt this client (XCLIENT) and has no transaction.
+            let reusable =
+                !self.identity_passed && self.tx.is_none() && !*self.signals.draining.borrow();
+            let unkept = if reusable {
+                self.shared.pool.put(up)
+            } else {
+                Some(up)
+            };
+            if let Some(up) = unkept {
+                up.quit().await;
+            }
         }
     }
 
@@ -232,18 +266,7 @@ impl Session {
             tracing::warn!(session = %self.id, error = %e, "upstream unavailable at MAIL");
             return self.refuse("451 4.4.1 Upstream mail server unavailable, try again later\r\n");
         }
-        if !self.identity_passed && self.config().upstream.pass_client {
-            let identity = self.identity();
-            if let Some(up) = self.upstream.as_mut()
-                && let Err(e) = up.pass_client_xforward(&identity).await
-            {
-                return self.upstream_lost(e);
-            }
-        }
-        let Some(up) = self.upstream.as_mut() else {
-            return self.refuse(reply::UPSTREAM_FAILED);
-        };
-        match up.command(line.as_bytes()).await {
+        match self.start_upstream_transaction(line.as_bytes()).await {
             Ok(r) => {
                 if r.is_success() {
                     self.tx = Some(Transaction {
@@ -262,6 +285,33 @@ impl Session {
                 Flow::Continue
             }
             Err(e) => self.upstream_lost(e),
+        }
+    }
+
+    /// Sends MAIL (with XFORWARD when due). A connection that has waited idle (in the pool,
+    /// or after an earlier transaction) may have been closed by the upstream meanwhile: then,
+    /// as nothing was accepted yet, MAIL is tried once more on a fresh connection.
+    async fn start_upstream_transaction(&mut self, line: &[u8]) -> Result<Reply, UpstreamError> {
+        let mut retried = false;
+        loop {
+            let identity = (!self.identity_passed && self.config().upstream.pass_client.xforward())
+                .then(|| self.identity());
+            let Some(up) = self.upstream.as_mut() else {
+                return Err(UpstreamError::Closed);
+            };
+            let waited = up.transactions > 0 || self.upstream_from_pool;
+            let result = up.mail(identity.as_ref(), line).await;
+            let stale = match &result {
+                Ok(r) => r.code == 421,
+                Err(e) => !matches!(e, UpstreamError::Timeout(_)),
+            };
+            if !(stale && waited) || retried {
+                return result;
+            }
+            tracing::debug!(session = %self.id, "idle upstream connection was closed; reconnecting");
+            retried = true;
+            self.upstream = None;
+            self.ensure_upstream().await?;
         }
     }
 
@@ -338,7 +388,19 @@ impl Session {
             connect: cfg.upstream.connect_timeout,
             reply: cfg.upstream.reply_timeout,
         };
-        let up = Upstream::connect(&cfg.upstream.address, &cfg.proxy.hostname, timeouts).await?;
+        let (up, from_pool) = match self.shared.pool.take() {
+            Some(up) => {
+                metrics::counter!(crate::admin::metric::UPSTREAM_REUSED).increment(1);
+                (up, true)
+            }
+            None => {
+                metrics::counter!(crate::admin::metric::UPSTREAM_CONNECTS).increment(1);
+                let up =
+                    Upstream::connect(&cfg.upstream.address, &cfg.proxy.hostname, timeouts).await?;
+                (up, false)
+            }
+        };
+        self.upstream_from_pool = from_pool;
         self.offered = Extensions::offered_to_clients(&up.extensions, cfg.proxy.max_message_size);
         self.upstream = Some(up);
         self.identity_passed = false;
@@ -351,7 +413,10 @@ impl Session {
         if self.upstream.is_none() {
             self.connect_upstream().await?;
         }
-        if self.helo.is_some() && !self.identity_passed && self.shared.config.upstream.pass_client {
+        if self.helo.is_some()
+            && !self.identity_passed
+            && self.shared.config.upstream.pass_client.xclient()
+        {
             let identity = self.identity();
             if let Some(up) = self.upstream.as_mut() {
                 self.identity_passed = up.pass_client_xclient(&identity).await?;

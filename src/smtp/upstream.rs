@@ -1,8 +1,9 @@
-//! The upstream side: an SMTP client session to the MTA, one per proxied client session.
+//! The upstream side: an SMTP client session to the MTA. A session serves one client session at
+//! a time; without XCLIENT it may serve several in turn (see `pool`).
 
 use crate::smtp::extensions::Extensions;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -66,6 +67,10 @@ pub struct Upstream {
     buf: Vec<u8>,
     timeouts: Timeouts,
     pub extensions: Extensions,
+    /// When the connection was opened (for `reuse_time_limit`).
+    pub opened: Instant,
+    /// MAIL commands sent on this connection (for `reuse_count_limit`).
+    pub transactions: u32,
 }
 
 /// The real client, passed on with XCLIENT or XFORWARD.
@@ -99,6 +104,8 @@ impl Upstream {
             buf: Vec::with_capacity(4096),
             timeouts,
             extensions: Extensions::default(),
+            opened: Instant::now(),
+            transactions: 0,
         };
         let greeting = up.read_reply().await?;
         if greeting.code != 220 {
@@ -144,18 +151,49 @@ impl Upstream {
         Ok(true)
     }
 
-    /// XFORWARD before a transaction, when offered. Returns whether it was accepted.
-    pub async fn pass_client_xforward(
+    /// Starts a transaction: MAIL, preceded by XFORWARD for `client` when the upstream offers
+    /// it. Both go in one write when the upstream pipelines (as Postfix's own client does).
+    pub async fn mail(
         &mut self,
-        client: &ClientIdentity,
-    ) -> Result<bool, UpstreamError> {
+        client: Option<&ClientIdentity>,
+        line: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        self.transactions += 1;
         let offered = &self.extensions.xforward;
-        if offered.is_empty() {
-            return Ok(false);
+        let Some(client) = client.filter(|_| !offered.is_empty()) else {
+            return self.command(line).await;
+        };
+        let xforward = identity_command("XFORWARD", offered, client);
+        let forwarded = if self.extensions.pipelining {
+            let mut batch = Vec::with_capacity(xforward.len() + line.len());
+            batch.extend_from_slice(xforward.as_bytes());
+            batch.extend_from_slice(line);
+            self.write(&batch).await?;
+            self.read_reply().await?
+        } else {
+            self.command(xforward.as_bytes()).await?
+        };
+        if !forwarded.is_success() {
+            tracing::warn!(reply = %forwarded.summary(), "upstream refused XFORWARD; the message goes on without it");
         }
-        let line = identity_command("XFORWARD", offered, client);
-        let reply = self.command(line.as_bytes()).await?;
-        Ok(reply.is_success())
+        if self.extensions.pipelining {
+            self.read_reply().await
+        } else {
+            self.command(line).await
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing unread (a 421 before closing)
+    /// and no end of stream seen. Only what the runtime already knows; no waiting.
+    pub fn looks_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 
     /// Sends one command line and waits for its reply.

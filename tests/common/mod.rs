@@ -191,12 +191,22 @@ impl Proxy {
     /// Starts the proxy in front of `upstream_port`; `extra` is appended to the policy file
     /// (extra `[proxy]` keys go in `proxy_extra`).
     pub fn start(upstream_port: u16, proxy_extra: &str, extra: &str) -> Proxy {
+        Self::start_with(upstream_port, proxy_extra, "", extra)
+    }
+
+    /// As `start`, with extra `[upstream]` keys too.
+    pub fn start_with(
+        upstream_port: u16,
+        proxy_extra: &str,
+        upstream_extra: &str,
+        extra: &str,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("policy.toml");
         let text = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"sb.test\"\n{proxy_extra}\n\
-[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n\
+[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n\
 [quarantine]\ndir = \"{q}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{extra}\n",
             q = dir.path().join("quarantine").display()
         );

@@ -1,0 +1,199 @@
+//! Upstream connection reuse against real peers: a private Postfix (XFORWARD, XCLIENT, its
+//! idle timeout), swaks as the client, and a scripted upstream that drops idle connections.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use stormbreaker::sink::RecordingSink;
+
+fn send(port: u16, helo: &str, subject: &str) -> String {
+    let out = swaks(
+        port,
+        &[
+            "--helo",
+            helo,
+            "--from",
+            "a@corp.test",
+            "--to",
+            "b@corp.test",
+            "--header",
+            &format!("Subject: {subject}"),
+        ],
+    );
+    text(&out)
+}
+
+fn delivered(sink: &RecordingSink, subject: &str) -> bool {
+    wait_for(Duration::from_secs(30), || {
+        sink.received()
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.content).contains(subject))
+    })
+}
+
+/// Lines of Postfix's log written by smtpd for connections from the proxy.
+fn smtpd_lines(postfix: &Postfix, what: &str) -> Vec<String> {
+    postfix
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("postfix/smtpd[") && l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Connections the proxy opened to Postfix (the harness's port probes excluded).
+fn proxy_connections(postfix: &Postfix) -> usize {
+    smtpd_lines(postfix, "]: connect from localhost").len()
+        - smtpd_lines(postfix, "lost connection after CONNECT").len()
+}
+
+#[test]
+fn xforward_sessions_share_one_upstream_connection_and_postfix_logs_each_client() {
+    let sink = sink();
+    let postfix = Postfix::start(
+        sink.addr.port(),
+        "smtpd_authorized_xforward_hosts = 127.0.0.0/8",
+    );
+    let mut proxy = Proxy::start_with(postfix.port, "", "pass_client = \"xforward\"", "");
+    for i in 0..5 {
+        let out = send(
+            proxy.port,
+            &format!("client{i}.test"),
+            &format!("reuse-{i}"),
+        );
+        assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
+    }
+    for i in 0..5 {
+        assert!(
+            delivered(&sink, &format!("reuse-{i}")),
+            "reuse-{i} not delivered"
+        );
+    }
+    assert_eq!(
+        proxy_connections(&postfix),
+        1,
+        "five client sessions, one upstream connection:\n{}",
+        postfix.log_text()
+    );
+    // XFORWARD named the real client of each message (in the log; the Received header is
+    // Postfix's own, naming the proxy: that is the difference from XCLIENT).
+    assert_eq!(smtpd_lines(&postfix, "orig_client=").len(), 5);
+    // On SIGTERM the idle connection is closed politely.
+    proxy.sigterm();
+    assert!(proxy.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            smtpd_lines(&postfix, "disconnect from localhost")
+                .iter()
+                .any(|l| l.contains("mail=5") && l.contains("quit=1"))
+        }),
+        "{}",
+        postfix.log_text()
+    );
+}
+
+#[test]
+fn xclient_connections_serve_one_client_session_each() {
+    let sink = sink();
+    let postfix = Postfix::start(
+        sink.addr.port(),
+        "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
+    );
+    let proxy = Proxy::start(postfix.port, "", "");
+    for i in 0..3 {
+        let out = send(proxy.port, &format!("x{i}.test"), &format!("xclient-{i}"));
+        assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
+    }
+    for i in 0..3 {
+        assert!(delivered(&sink, &format!("xclient-{i}")));
+    }
+    assert_eq!(proxy_connections(&postfix), 3, "{}", postfix.log_text());
+}
+
+#[test]
+fn a_connection_postfix_timed_out_while_idle_is_replaced_unseen() {
+    let sink = sink();
+    let postfix = Postfix::start(
+        sink.addr.port(),
+        "smtpd_authorized_xforward_hosts = 127.0.0.0/8\nsmtpd_timeout = 2s",
+    );
+    let proxy = Proxy::start_with(
+        postfix.port,
+        "",
+        "pass_client = \"xforward\"\npool_idle_time = \"60s\"",
+        "",
+    );
+    let out = send(proxy.port, "early.test", "before-timeout");
+    assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
+    assert!(wait_for(Duration::from_secs(30), || {
+        !smtpd_lines(&postfix, "timeout after").is_empty()
+    }));
+    let out = send(proxy.port, "late.test", "after-timeout");
+    assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
+    assert!(delivered(&sink, "after-timeout"));
+    assert_eq!(proxy_connections(&postfix), 2, "{}", postfix.log_text());
+    let log = proxy.log();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+/// The scripted upstream, killed on drop.
+struct DropsSecondMail {
+    child: Child,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl DropsSecondMail {
+    fn start(mode: &str) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/upstream_support/drops_second_mail.py"
+        );
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(mode)
+            .arg(log.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3");
+        assert!(wait_port(port, Duration::from_secs(10)));
+        DropsSecondMail { child, port, log }
+    }
+
+    fn events(&self, event: &str) -> usize {
+        std::fs::read_to_string(self.log.path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == event)
+            .count()
+    }
+}
+
+impl Drop for DropsSecondMail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mail_on_a_reused_connection_the_upstream_dropped_is_retried_on_a_fresh_one() {
+    for mode in ["close", "421"] {
+        let upstream = DropsSecondMail::start(mode);
+        let proxy = Proxy::start(upstream.port, "", "");
+        // The upstream offers no XCLIENT, so the first session's connection is pooled; the
+        // second session's MAIL meets the drop and must still be accepted, once.
+        for i in 0..2 {
+            let out = send(proxy.port, "c.test", &format!("{mode}-{i}"));
+            assert!(out.contains("250 2.0.0 Ok: queued"), "{mode}: {out}");
+        }
+        assert_eq!(upstream.events("dropped"), 1, "{mode}");
+        assert_eq!(upstream.events("queued"), 2, "{mode}");
+        assert_eq!(upstream.events("session"), 2, "{mode}");
+    }
+}
