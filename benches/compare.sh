@@ -27,7 +27,8 @@
 #        KEEP=1 benches/compare.sh     (keep the work folder: logs, queues, quarantine)
 # Environment overrides: ROUNDS=3 SESSIONS=20 MESSAGES=5000 RCPT_MESSAGES=500 BIG_MESSAGES=300
 #   STORM_MESSAGES=2000 STORM_PERCENT=25 STORM_SESSIONS=5 LOADS="small rcpt100 big storm"
-#   PEERS="direct proxy haraka postfix milter" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink)
+#   PEERS="direct proxy haraka postfix milter" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink;
+#   '"xforward"' for XFORWARD with upstream connection reuse) MILTER_TRANSPORT=unix (or inet)
 #   HARAKA_DIR=/var/tmp/stormbreaker-bench-haraka (npm cache of Haraka 3.3.4) OUT=FILE (tsv of
 #   every round). Needs root (Postfix, smtp-sink -u), node and npm for Haraka, python3.
 set -euo pipefail
@@ -188,9 +189,15 @@ fi
 if has milter; then
     MILTER=$(free_port); MILTER_SMTP=$(free_port)
     mkdir -p "$WORK/sbmilter"
+    # The recommended transport is a unix socket (README); MILTER_TRANSPORT=inet for TCP.
+    if [ "${MILTER_TRANSPORT:-unix}" = unix ]; then
+        MILTER_LISTEN="$WORK/sbmilter/milter.sock"; MILTER_SPEC="unix:$MILTER_LISTEN"
+    else
+        MILTER_LISTEN="127.0.0.1:$MILTER"; MILTER_SPEC="inet:127.0.0.1:$MILTER"
+    fi
     { cat <<EOF
 [milter]
-listen = "127.0.0.1:$MILTER"
+listen = "$MILTER_LISTEN"
 
 [quarantine]
 dir = "$WORK/sbmilter/quarantine"
@@ -199,8 +206,12 @@ EOF
       policy; } >"$WORK/sbmilter/stormbreaker.toml"
     start "$WORK/sbmilter/stormbreaker.log" "$BIN" run --config "$WORK/sbmilter/stormbreaker.toml"
     MILTER_PID=$LAST_PID
-    wait_port "$MILTER" "stormbreaker milter" "$WORK/sbmilter/stormbreaker.log"
-    start_postfix milter "$MILTER_SMTP" "smtpd_milters = inet:127.0.0.1:$MILTER
+    if [ "${MILTER_TRANSPORT:-unix}" = unix ]; then
+        for _ in $(seq 100); do [ -S "$MILTER_LISTEN" ] && break; sleep 0.1; done
+    else
+        wait_port "$MILTER" "stormbreaker milter" "$WORK/sbmilter/stormbreaker.log"
+    fi
+    start_postfix milter "$MILTER_SMTP" "smtpd_milters = $MILTER_SPEC
 milter_protocol = 6
 milter_default_action = tempfail"
     wait_port "$MILTER_SMTP" "Postfix with milter" "$WORK/milter/maillog"

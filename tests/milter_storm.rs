@@ -57,7 +57,7 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
         return;
     }
     let sink = Sink::start();
-    let sb = Stormbreaker::start(&policy());
+    let sb = Stormbreaker::start_without_trace_header(&policy());
     let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
 
     let out = send(postfix.port, &[original()]);
@@ -101,6 +101,40 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
         .collect();
     assert_eq!(logged, held_expected);
 
+    // During the storm, a reply to one person in the same thread is narrow: accepted at DATA
+    // (Postfix then sends us nothing of its content) and delivered.
+    let private = Mail {
+        from: "user1@corp.test".into(),
+        to: vec!["ceo@corp.test".into()],
+        data: "From: user1@corp.test\r\nTo: ceo@corp.test\r\nSubject: RE: Company update\r\n\
+               Message-ID: <private-1@corp.test>\r\nReferences: <update-1@corp.test>\r\n\r\n\
+               Thanks, just to you.\r\n"
+            .into(),
+        rset: false,
+    };
+    let out = send(postfix.port, &[private]);
+    assert_eq!(out[0].code, 250, "{out:?}");
+    let private_id = queued_as(&out[0].text);
+    let got = wait_for("the private reply at the sink", || {
+        let m = sink.messages();
+        m.iter()
+            .any(|x| x.contains("<private-1@corp.test>"))
+            .then_some(m)
+    });
+    assert_eq!(got.len(), 2 + TRIP_REPLIES);
+    let line = wait_for("the private reply's log line", || {
+        sb.log_lines("delivered")
+            .into_iter()
+            .find(|l| l["queue_id"] == private_id.as_str())
+    });
+    assert_eq!(line["decided_at"], "data", "{line}");
+    let storm_line = sb
+        .log_lines("delivered")
+        .into_iter()
+        .find(|l| l["queue_id"] == reply_ids[0].as_str())
+        .expect("the first reply's log line");
+    assert_eq!(storm_line["decided_at"], "end-of-message", "{storm_line}");
+
     // Releasing one sends it on.
     let first_held = reply_ids[TRIP_REPLIES].clone();
     postfix.release(&first_held);
@@ -109,5 +143,5 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
         let m = sink.messages();
         m.iter().any(|x| x.contains(&released)).then_some(m)
     });
-    assert_eq!(got.len(), 2 + TRIP_REPLIES, "{got:#?}");
+    assert_eq!(got.len(), 3 + TRIP_REPLIES, "{got:#?}");
 }

@@ -539,10 +539,12 @@ fn sigterm_lets_transactions_finish_then_stops() {
     assert!(busy.cmd("MAIL FROM:<a@corp.test>").starts_with("250"));
     assert!(busy.cmd("RCPT TO:<b@corp.test>").starts_with("250"));
     let mut idle = Raw::connect(proxy.port);
-    idle.cmd("EHLO idle.test");
+    let hello = idle.cmd("EHLO idle.test");
+    assert!(hello.starts_with("250"), "{hello}");
     proxy.sigterm();
     // The idle session is told to come back later.
-    assert!(idle.reply().starts_with("421 4.3.2"));
+    let told = idle.reply();
+    assert!(told.starts_with("421 4.3.2"), "idle session got {told:?}");
     // No new sessions.
     assert!(wait_for(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err()

@@ -411,6 +411,9 @@ pub enum Response {
         version: u32,
         actions: u32,
         protocol: u32,
+        /// Macro names wanted per stage (SMFIM_*), with `action::SET_MACRO_LIST`; stages not
+        /// listed keep the MTA's defaults.
+        macros: Vec<(u32, String)>,
     },
     Continue,
     Accept,
@@ -451,9 +454,14 @@ pub fn encode(response: &Response, out: &mut Vec<u8>) {
             version,
             actions,
             protocol,
+            macros,
         } => {
             for word in [version, actions, protocol] {
                 payload.extend_from_slice(&word.to_be_bytes());
+            }
+            for (stage, names) in macros {
+                payload.extend_from_slice(&stage.to_be_bytes());
+                push_str(&mut payload, names);
             }
         }
         Response::Continue | Response::Accept | Response::Reject | Response::Tempfail => {}
@@ -534,11 +542,24 @@ pub fn parse_response(code: u8, payload: &[u8]) -> Result<Response, CodecError> 
                 version,
                 actions,
                 protocol,
-            } => Response::OptNeg {
-                version,
-                actions,
-                protocol,
-            },
+            } => {
+                let mut lists = Fields {
+                    name,
+                    rest: &payload[12..],
+                };
+                let mut macros = Vec::new();
+                while let Some((stage, rest)) = lists.rest.split_first_chunk::<4>() {
+                    lists.rest = rest;
+                    macros.push((u32::from_be_bytes(*stage), lists.string()?));
+                }
+                lists.end()?;
+                Response::OptNeg {
+                    version,
+                    actions,
+                    protocol,
+                    macros,
+                }
+            }
             _ => return Err(malformed(name, "bad option negotiation")),
         },
         b'c' => Response::Continue,
@@ -804,6 +825,27 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"\x00\x00\x00\x18hX-Stormbreaker\x00deliver\x00");
+    }
+
+    #[test]
+    fn negotiation_reply_carries_macro_lists_after_the_three_words() {
+        let reply = Response::OptNeg {
+            version: 6,
+            actions: 0x120,
+            protocol: 0x10,
+            macros: vec![(0, "{client_addr}".into()), (5, "i".into())],
+        };
+        let mut out = Vec::new();
+        encode(&reply, &mut out);
+        let mut expected = vec![0, 0, 0, 37, b'O'];
+        expected.extend_from_slice(&[0, 0, 0, 6, 0, 0, 1, 0x20, 0, 0, 0, 0x10]);
+        expected.extend_from_slice(b"\x00\x00\x00\x00{client_addr}\x00\x00\x00\x00\x05i\x00");
+        assert_eq!(out, expected);
+        assert_eq!(parse_response(b'O', &out[5..]).unwrap(), reply);
+        assert!(
+            parse_response(b'O', &out[5..out.len() - 1]).is_err(),
+            "list without NUL"
+        );
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub async fn serve(
 
 /// What decides about each message: the storm engine, or a scripted stand-in in tests.
 pub trait Decider: Send + Sync + 'static {
+    /// Whether a message with this envelope could be held at all. When not, the message is
+    /// accepted at DATA and the MTA sends us nothing more of it (no headers, no end of message).
+    /// The default waits for the headers of every message.
+    fn could_hold(&self, _envelope: &Envelope) -> bool {
+        true
+    }
+
     fn decide(
         &self,
         envelope: &Envelope,
@@ -63,6 +70,10 @@ pub trait Decider: Send + Sync + 'static {
 }
 
 impl Decider for Engine {
+    fn could_hold(&self, envelope: &Envelope) -> bool {
+        Engine::could_hold(self, envelope)
+    }
+
     fn decide(
         &self,
         envelope: &Envelope,
@@ -156,8 +167,24 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 }
 
 /// A stream from either kind of listener.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Acknowledges what was read at once. Postfix leaves Nagle on for its milter sockets and
+    /// sends the steps we do not answer (connect, HELO, MAIL, RCPT, headers) without waiting:
+    /// each small write then waits for the ACK of the one before, and a receiver that delays
+    /// its ACKs (40 ms on Linux) stalls every message. Measured: ~385 msg/s at 20 sessions
+    /// whatever the load, against ~600 without the milter.
+    fn acknowledge_now(&self) {}
+}
+
+impl Stream for tokio::net::TcpStream {
+    fn acknowledge_now(&self) {
+        // Quick-ack mode is not sticky (the kernel leaves it again), so this is renewed after
+        // every read that emptied our buffer.
+        let _ = self.set_quickack(true);
+    }
+}
+
+impl Stream for tokio::net::UnixStream {}
 
 enum Listener {
     Tcp(TcpListener),
@@ -191,7 +218,7 @@ impl Listener {
             return Ok(Listener::Unix(listener, path));
         }
         let address = listen.strip_prefix("inet:").unwrap_or(listen);
-        let listener = TcpListener::bind(address)
+        let listener = bind_tcp(address)
             .await
             .map_err(|e| anyhow::anyhow!("milter.listen {listen}: {e}"))?;
         Ok(Listener::Tcp(listener))
@@ -210,6 +237,28 @@ impl Listener {
             }
         }
     }
+}
+
+/// The segment size we announce to MTAs connecting over TCP. Postfix sizes each milter
+/// stream's buffer at four times the MSS and fills it with zeros per SMTP session: on loopback
+/// (MSS ~64 KiB) that is 256 KiB of memset and page faults per message, measured at about 8% of
+/// smtpd's time. An Ethernet-sized MSS keeps it at ~6 KiB; milter packets are small anyway.
+const ANNOUNCED_MSS: u32 = 1400;
+
+async fn bind_tcp(address: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket2::SockRef::from(&socket).set_tcp_mss(ANNOUNCED_MSS)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 impl Drop for Listener {
@@ -308,7 +357,11 @@ async fn run_connection<D: Decider>(
     let mut out = Vec::with_capacity(256);
     tracing::debug!(conn = id, peer, "milter: connection");
     loop {
-        let command = match read_command(&mut reader).await {
+        let command = read_command(&mut reader).await;
+        if reader.buffer().is_empty() {
+            reader.get_ref().acknowledge_now();
+        }
+        let command = match command {
             Ok(Some(command)) => command,
             Ok(None) => break,
             Err(e) => {
@@ -326,12 +379,21 @@ async fn run_connection<D: Decider>(
         let responses = match step {
             Step::Reply(responses) => responses,
             Step::Close => break,
+            Step::AtData(pending) => {
+                if decider.could_hold(&pending.envelope) {
+                    vec![Response::Continue]
+                } else {
+                    let responses = session.accept_message();
+                    log_message(id, "data", &pending, &Verdict::DELIVER, &responses);
+                    responses
+                }
+            }
             Step::Decide(pending) => {
                 let verdict = decider
                     .decide(&pending.envelope, &pending.headers, crate::now_ms())
                     .await;
                 let responses = session.verdict(&verdict);
-                log_message(id, &pending, &verdict, &responses);
+                log_message(id, "end-of-message", &pending, &verdict, &responses);
                 responses
             }
         };
@@ -351,7 +413,14 @@ async fn run_connection<D: Decider>(
 }
 
 /// One structured line per message, naming the MTA's queue id so a hold can be released.
-fn log_message(conn: u64, pending: &Pending, verdict: &Verdict, responses: &[Response]) {
+/// `decided_at`: "data" (accepted with the envelope alone) or "end-of-message".
+fn log_message(
+    conn: u64,
+    decided_at: &'static str,
+    pending: &Pending,
+    verdict: &Verdict,
+    responses: &[Response],
+) {
     let queue_id = pending.queue_id.as_deref().unwrap_or("-");
     let envelope = &pending.envelope;
     let hold = verdict.hold.as_ref();
@@ -380,6 +449,7 @@ fn log_message(conn: u64, pending: &Pending, verdict: &Verdict, responses: &[Res
             tracing::$level!(
                 conn,
                 queue_id,
+                decided_at,
                 verdict = verdict_label,
                 client = %client,
                 client_name = %pending.client_name,

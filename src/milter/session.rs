@@ -14,15 +14,30 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Steps we ask the MTA to leave out or not wait for: we need the envelope and the headers only.
 /// Each is requested only if the MTA offers it (a flag it did not offer would fail negotiation).
+/// DATA is kept (and answered): with all recipients known, a message that cannot be held is
+/// accepted there, and the MTA skips its whole content phase for us.
 pub const WANTED_STEPS: u32 = step::NO_BODY
     | step::NO_UNKNOWN
-    | step::NO_DATA
     | step::NO_EOH
     | step::NR_CONNECT
     | step::NR_HELO
     | step::NR_MAIL
     | step::NR_RCPT
     | step::NR_HEADER;
+
+/// The only macros we read, per stage (SMFIM_CONNECT .. SMFIM_EOH), asked for with
+/// SMFIR_SETSYMLIST when the MTA offers it: Postfix then looks up and sends these few instead of
+/// its default lists (about 20 per message). An empty list would mean "the defaults" to
+/// Postfix, so every stage names one.
+pub const MACRO_LISTS: [(u32, &str); 7] = [
+    (0, "{client_addr} {client_port}"),
+    (1, "s"),
+    (2, "i {mail_addr}"),
+    (3, "i"),
+    (4, "i"),
+    (5, "i"),
+    (6, "i"),
+];
 
 /// Which commands expect an answer, and which no-reply step lets us stay silent.
 const NO_REPLY_STEP: &[(u8, u32)] = &[
@@ -63,6 +78,9 @@ pub enum SessionError {
 pub enum Step {
     /// Send these responses (possibly none) and read on.
     Reply(Vec<Response>),
+    /// DATA: the envelope is complete. Answer continue if the engine could hold it, else
+    /// [`Session::accept_message`].
+    AtData(Pending),
     /// End of message: ask the engine about this message, then call [`Session::verdict`].
     Decide(Pending),
     /// The MTA said QUIT: close the connection.
@@ -99,7 +117,7 @@ struct Connection {
     macros: HashMap<String, String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Message {
     mail_from: Option<Vec<String>>,
     rcpts: Vec<Vec<String>>,
@@ -175,6 +193,10 @@ impl Session {
             }
             Command::Rcpt(args) => self.message.rcpts.push(args),
             Command::Header { name, value } => self.add_header(&name, &value),
+            // With the trace header every message needs its end of message (to add it).
+            Command::Data if !self.trace_header => {
+                return Ok(Step::AtData(self.pending(self.message.clone())));
+            }
             Command::Data | Command::EndOfHeaders | Command::Body(_) | Command::Unknown(_) => {}
             Command::EndOfMessage(_) => return Ok(Step::Decide(self.take_message())),
             Command::Abort => {
@@ -208,16 +230,26 @@ impl Session {
         if self.trace_header {
             wanted_actions |= action::ADD_HEADERS;
         }
+        wanted_actions |= action::SET_MACRO_LIST;
         let negotiated = Negotiated {
             version: version.min(super::codec::PROTOCOL_VERSION),
             actions: wanted_actions & actions,
             steps: WANTED_STEPS & steps,
         };
         self.negotiated = Some(negotiated);
+        let macros = if negotiated.actions & action::SET_MACRO_LIST != 0 {
+            MACRO_LISTS
+                .iter()
+                .map(|&(stage, names)| (stage, names.to_string()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Step::Reply(vec![Response::OptNeg {
             version: negotiated.version,
             actions: negotiated.actions,
             protocol: negotiated.steps,
+            macros,
         }]))
     }
 
@@ -261,8 +293,9 @@ impl Session {
         headers.extend_from_slice(b"\r\n");
     }
 
-    fn macro_value(&self, name: &str) -> Option<&str> {
-        self.message
+    /// A macro's value: the message's (`message`) first, then the connection's.
+    fn macro_value<'a>(&'a self, message: &'a Message, name: &str) -> Option<&'a str> {
+        message
             .macros
             .get(name)
             .or_else(|| self.connection.macros.get(name))
@@ -270,26 +303,41 @@ impl Session {
             .filter(|v| !v.is_empty())
     }
 
+    /// Accepts the message at DATA: the MTA sends nothing more of it.
+    pub fn accept_message(&mut self) -> Vec<Response> {
+        self.message = Message::default();
+        vec![Response::Accept]
+    }
+
     /// Ends the message: the envelope and headers collected, for the engine.
     fn take_message(&mut self) -> Pending {
+        let message = std::mem::take(&mut self.message);
+        self.pending(message)
+    }
+
+    /// The envelope and headers of `message`, with what the macros add.
+    fn pending(&self, message: Message) -> Pending {
         let client = self.connection.client.or_else(|| {
-            let ip: IpAddr = strip_ipv6_tag(self.macro_value("{client_addr}")?)
+            let ip: IpAddr = strip_ipv6_tag(self.macro_value(&message, "{client_addr}")?)
                 .parse()
                 .ok()?;
             let port = self
-                .macro_value("{client_port}")
+                .macro_value(&message, "{client_port}")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
             Some(SocketAddr::new(ip, port))
         });
         let helo = if self.connection.helo.is_empty() {
-            self.macro_value("s").unwrap_or_default().to_string()
+            self.macro_value(&message, "s")
+                .unwrap_or_default()
+                .to_string()
         } else {
             self.connection.helo.clone()
         };
-        let queue_id = self.macro_value("i").map(str::to_string);
-        let mail_addr = self.macro_value("{mail_addr}").map(str::to_string);
-        let message = std::mem::take(&mut self.message);
+        let queue_id = self.macro_value(&message, "i").map(str::to_string);
+        let mail_addr = self
+            .macro_value(&message, "{mail_addr}")
+            .map(str::to_string);
         let (mail_from, mail_params) = match message.mail_from {
             Some(args) => split_args(args),
             None => (mail_addr.unwrap_or_default(), String::new()),
@@ -452,6 +500,45 @@ mod tests {
         silent(s, header("Subject", subject));
     }
 
+    #[test]
+    fn data_hands_over_the_whole_envelope_and_may_accept_the_message_there() {
+        let mut s = negotiated(false);
+        silent(&mut s, macros(b'M', &[("{mail_addr}", "a@x")]));
+        silent(&mut s, Command::Mail(vec!["<a@x>".into()]));
+        silent(&mut s, Command::Rcpt(vec!["<b@y>".into()]));
+        silent(&mut s, Command::Rcpt(vec!["<c@y>".into()]));
+        silent(&mut s, macros(b'T', &[("i", "Q9")]));
+        let at_data = match s.handle(Command::Data).unwrap() {
+            Step::AtData(p) => p,
+            other => panic!("expected the envelope at DATA, got {other:?}"),
+        };
+        assert_eq!(at_data.envelope.mail_from, "a@x");
+        assert_eq!(at_data.envelope.rcpts.len(), 2);
+        assert_eq!(at_data.queue_id.as_deref(), Some("Q9"));
+        // Not accepted (could be held): the message goes on to its end as before.
+        silent(&mut s, header("Subject", "hello"));
+        let p = decide(&mut s);
+        assert_eq!(p.envelope.rcpts.len(), 2);
+        assert_eq!(p.queue_id.as_deref(), Some("Q9"));
+        // Accepted at DATA: the next message starts clean.
+        silent(&mut s, Command::Mail(vec!["<d@x>".into()]));
+        silent(&mut s, Command::Rcpt(vec!["<e@y>".into()]));
+        assert!(matches!(s.handle(Command::Data).unwrap(), Step::AtData(_)));
+        assert_eq!(s.accept_message(), vec![Response::Accept]);
+        silent(&mut s, Command::Mail(vec!["<f@x>".into()]));
+        assert_eq!(decide(&mut s).envelope.rcpts.len(), 0);
+    }
+
+    #[test]
+    fn with_the_trace_header_data_just_continues() {
+        let mut s = negotiated(true);
+        silent(&mut s, Command::Mail(vec!["<a@x>".into()]));
+        assert_eq!(
+            s.handle(Command::Data).unwrap(),
+            Step::Reply(vec![Response::Continue])
+        );
+    }
+
     fn hold(reason: &str) -> Hold {
         Hold {
             thread: "subj:x".into(),
@@ -479,8 +566,12 @@ mod tests {
             step,
             Step::Reply(vec![Response::OptNeg {
                 version: 6,
-                actions: action::QUARANTINE,
+                actions: action::QUARANTINE | action::SET_MACRO_LIST,
                 protocol: WANTED_STEPS,
+                macros: MACRO_LISTS
+                    .iter()
+                    .map(|&(stage, names)| (stage, names.to_string()))
+                    .collect(),
             }])
         );
         // A version 2 MTA offers no no-reply steps: we ask for none and answer every step.

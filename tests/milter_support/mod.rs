@@ -268,16 +268,23 @@ pub struct Stormbreaker {
 
 impl Stormbreaker {
     /// `extra`: more TOML after the `[milter]` section (policy, lists...).
+    /// With `trace_header = true`, so every delivered message shows the decision.
     pub fn start(extra: &str) -> Stormbreaker {
-        Self::start_on(false, extra)
+        Self::start_on(false, true, extra)
+    }
+
+    /// With the default `trace_header = false`: messages that cannot be held are accepted at
+    /// DATA, as in production.
+    pub fn start_without_trace_header(extra: &str) -> Stormbreaker {
+        Self::start_on(false, false, extra)
     }
 
     /// Listening on a unix socket in its own folder instead of TCP.
     pub fn start_unix(extra: &str) -> Stormbreaker {
-        Self::start_on(true, extra)
+        Self::start_on(true, true, extra)
     }
 
-    fn start_on(unix: bool, extra: &str) -> Stormbreaker {
+    fn start_on(unix: bool, trace_header: bool, extra: &str) -> Stormbreaker {
         let dir = scratch_dir("sb-milter.");
         let port = free_port();
         let listen = if unix {
@@ -286,7 +293,7 @@ impl Stormbreaker {
             format!("127.0.0.1:{port}")
         };
         let config = format!(
-            "[milter]\nlisten = \"{listen}\"\ntrace_header = true\n\n\
+            "[milter]\nlisten = \"{listen}\"\ntrace_header = {trace_header}\n\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
              [quarantine]\ndir = \"{q}\"\n\n{extra}\n",
             q = dir.path().join("quarantine").display()
