@@ -8,6 +8,7 @@
 #   benches/e2e.sh 5 20 2000 2048 100        # 100 recipients per message
 #   benches/e2e.sh 5 20 1000 204800 1        # 200 KB messages
 #   PASS_CLIENT=false benches/e2e.sh         # without XCLIENT/XFORWARD to the sink
+#   PASS_CLIENT='"xforward"' benches/e2e.sh  # XFORWARD only: upstream connections are reused
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}; SESSIONS=${2:-20}; MESSAGES=${3:-5000}; SIZE=${4:-2048}; RCPTS=${5:-1}; EXTRA=${6:-}
