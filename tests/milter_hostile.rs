@@ -10,7 +10,7 @@ use std::time::Duration;
 use stormbreaker::milter::codec::{
     Command, Family, Response, action, encode_command, packet_length, parse_response,
 };
-use stormbreaker::milter::session::{MACRO_LISTS, WANTED_STEPS};
+use stormbreaker::milter::session::{WANTED_STEPS, macro_lists};
 
 fn connect(sb: &Stormbreaker) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", sb.port)).unwrap();
@@ -67,10 +67,7 @@ fn good_conversation(sb: &Stormbreaker, queue_id: &str) {
             version: 6,
             actions: action::QUARANTINE | action::ADD_HEADERS | action::SET_MACRO_LIST,
             protocol: WANTED_STEPS,
-            macros: MACRO_LISTS
-                .iter()
-                .map(|&(stage, names)| (stage, names.to_string()))
-                .collect(),
+            macros: macro_lists(),
         }
     );
     let macros = |stage: u8, pairs: &[(&str, &str)]| Command::Macros {

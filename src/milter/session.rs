@@ -39,6 +39,14 @@ pub const MACRO_LISTS: [(u32, &str); 7] = [
     (6, "i"),
 ];
 
+/// [`MACRO_LISTS`] as the negotiation reply carries them.
+pub fn macro_lists() -> Vec<(u32, String)> {
+    MACRO_LISTS
+        .iter()
+        .map(|&(stage, names)| (stage, names.to_string()))
+        .collect()
+}
+
 /// Which commands expect an answer, and which no-reply step lets us stay silent.
 const NO_REPLY_STEP: &[(u8, u32)] = &[
     (b'C', step::NR_CONNECT),
@@ -238,10 +246,7 @@ impl Session {
         };
         self.negotiated = Some(negotiated);
         let macros = if negotiated.actions & action::SET_MACRO_LIST != 0 {
-            MACRO_LISTS
-                .iter()
-                .map(|&(stage, names)| (stage, names.to_string()))
-                .collect()
+            macro_lists()
         } else {
             Vec::new()
         };
@@ -568,10 +573,7 @@ mod tests {
                 version: 6,
                 actions: action::QUARANTINE | action::SET_MACRO_LIST,
                 protocol: WANTED_STEPS,
-                macros: MACRO_LISTS
-                    .iter()
-                    .map(|&(stage, names)| (stage, names.to_string()))
-                    .collect(),
+                macros: macro_lists(),
             }])
         );
         // A version 2 MTA offers no no-reply steps: we ask for none and answer every step.
