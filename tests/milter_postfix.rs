@@ -25,7 +25,7 @@ fn plain_message_passes_and_reaches_the_sink() {
     }
     let sink = Sink::start();
     let sb = Stormbreaker::start("");
-    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+    let postfix = Postfix::start(sink.port, &milter_main_cf(&sb.milter_address()));
 
     let out = send(
         postfix.port,
@@ -59,7 +59,7 @@ fn several_messages_in_one_smtp_session_each_start_fresh() {
     }
     let sink = Sink::start();
     let sb = Stormbreaker::start("");
-    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+    let postfix = Postfix::start(sink.port, &milter_main_cf(&sb.milter_address()));
 
     // Message i goes to i+1 recipients; an aborted transaction (RSET after RCPT) sits in the
     // middle with 9 recipients that must not leak into the next message.
@@ -119,7 +119,7 @@ fn unix_socket_listener_serves_postfix() {
     }
     let sink = Sink::start();
     let sb = Stormbreaker::start_unix("");
-    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+    let postfix = Postfix::start(sink.port, &milter_main_cf(&sb.milter_address()));
     let out = send(
         postfix.port,
         &[mail("alice@corp.test", &["bob@corp.test"], "over a socket")],
@@ -136,7 +136,7 @@ fn stopped_stormbreaker_means_postfix_tempfails() {
     }
     let sink = Sink::start();
     let mut sb = Stormbreaker::start("");
-    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+    let postfix = Postfix::start(sink.port, &milter_main_cf(&sb.milter_address()));
 
     let out = send(
         postfix.port,
@@ -223,7 +223,10 @@ fn every_verdict_does_what_postfix_promises() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let sink = Sink::start();
-    let postfix = Postfix::start(Some(&format!("inet:127.0.0.1:{port}")), sink.port);
+    let postfix = Postfix::start(
+        sink.port,
+        &milter_main_cf(&format!("inet:127.0.0.1:{port}")),
+    );
 
     // All verdicts in one SMTP session: each message gets its own answer.
     let out = send(

@@ -58,7 +58,7 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
     }
     let sink = Sink::start();
     let sb = Stormbreaker::start_without_trace_header(&policy());
-    let postfix = Postfix::start(Some(&sb.milter_address()), sink.port);
+    let postfix = Postfix::start(sink.port, &milter_main_cf(&sb.milter_address()));
 
     let out = send(postfix.port, &[original()]);
     assert_eq!(out[0].code, 250, "{out:?}");

@@ -51,7 +51,7 @@ fn audit_actions(q: &Quarantine) -> Vec<String> {
 fn release_through_postfix_delivers_the_held_bytes_to_every_original_recipient() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = Sink::start(&tmp.path().join("sink"));
-    let postfix = Postfix::start(&tmp.path().join("postfix"), &sink.address());
+    let postfix = Postfix::start(sink.port, "");
     let config = tmp.path().join("policy.toml");
     write_config(&config, &tmp.path().join("q"), &postfix.address());
     let q = Quarantine::open(&tmp.path().join("q")).unwrap();
@@ -76,7 +76,7 @@ fn release_through_postfix_delivers_the_held_bytes_to_every_original_recipient()
         );
         let head = String::from_utf8_lossy(&m.bytes[..200]).to_string();
         assert!(
-            head.starts_with("Received: from") && head.contains("by upstream.test (Postfix)"),
+            head.starts_with("Received: from") && head.contains("by postfix.test (Postfix)"),
             "went through Postfix: {head}"
         );
         assert_eq!(

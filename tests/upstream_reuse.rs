@@ -36,7 +36,7 @@ fn delivered(sink: &RecordingSink, subject: &str) -> bool {
 /// Lines of Postfix's log written by smtpd for connections from the proxy.
 fn smtpd_lines(postfix: &Postfix, what: &str) -> Vec<String> {
     postfix
-        .log_text()
+        .maillog()
         .lines()
         .filter(|l| l.contains("postfix/smtpd[") && l.contains(what))
         .map(str::to_string)
@@ -75,7 +75,7 @@ fn xforward_sessions_share_one_upstream_connection_and_postfix_logs_each_client(
         proxy_connections(&postfix),
         1,
         "five client sessions, one upstream connection:\n{}",
-        postfix.log_text()
+        postfix.maillog()
     );
     // XFORWARD named the real client of each message (in the log; the Received header is
     // Postfix's own, naming the proxy: that is the difference from XCLIENT).
@@ -90,7 +90,7 @@ fn xforward_sessions_share_one_upstream_connection_and_postfix_logs_each_client(
                 .any(|l| l.contains("mail=5") && l.contains("quit=1"))
         }),
         "{}",
-        postfix.log_text()
+        postfix.maillog()
     );
 }
 
@@ -109,7 +109,7 @@ fn xclient_connections_serve_one_client_session_each() {
     for i in 0..3 {
         assert!(delivered(&sink, &format!("xclient-{i}")));
     }
-    assert_eq!(proxy_connections(&postfix), 3, "{}", postfix.log_text());
+    assert_eq!(proxy_connections(&postfix), 3, "{}", postfix.maillog());
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn a_connection_postfix_timed_out_while_idle_is_replaced_unseen() {
     let out = send(proxy.port, "late.test", "after-timeout");
     assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
     assert!(delivered(&sink, "after-timeout"));
-    assert_eq!(proxy_connections(&postfix), 2, "{}", postfix.log_text());
+    assert_eq!(proxy_connections(&postfix), 2, "{}", postfix.maillog());
     let log = proxy.log();
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }

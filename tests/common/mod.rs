@@ -10,6 +10,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use stormbreaker::sink::RecordingSink;
 
+#[path = "../postfix_support/mod.rs"]
+mod postfix_support;
+#[allow(unused_imports)] // not every test crate starts a Postfix
+pub use postfix_support::Postfix;
+
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -63,120 +68,6 @@ pub fn require_tool(name: &str) {
 
 pub fn wait_port(port: u16, limit: Duration) -> bool {
     wait_for(limit, || TcpStream::connect(("127.0.0.1", port)).is_ok())
-}
-
-/// A private Postfix instance listening on `port`, relaying everything to `relay_port`.
-pub struct Postfix {
-    pub dir: PathBuf,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Postfix {
-    pub fn start(relay_port: u16, extra_main_cf: &str) -> Postfix {
-        require_tool("postfix");
-        let base = tempfile::Builder::new()
-            .prefix("sb-postfix-")
-            .tempdir_in("/tmp")
-            .expect("tempdir")
-            .keep();
-        let port = free_port();
-        let name = base.file_name().unwrap().to_string_lossy().to_string();
-        let log = PathBuf::from(format!("/var/log/{name}.log"));
-        std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        for d in ["conf", "queue", "data"] {
-            std::fs::create_dir_all(base.join(d)).unwrap();
-        }
-        run_ok(
-            Command::new("chown")
-                .arg("postfix:postfix")
-                .arg(base.join("data")),
-        );
-        let d = base.display();
-        let main_cf = format!(
-            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
-command_directory = /usr/sbin\ndaemon_directory = /usr/lib/postfix/sbin\nmail_owner = postfix\n\
-setgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmydestination =\n\
-mynetworks = 127.0.0.0/8\nrelayhost = [127.0.0.1]:{relay_port}\n\
-smtpd_relay_restrictions = permit_mynetworks, reject\nalias_maps =\nalias_database =\n\
-maillog_file = {log}\nsmtp_host_lookup = native\n{extra_main_cf}\n",
-            log = log.display()
-        );
-        std::fs::write(base.join("conf/main.cf"), main_cf).unwrap();
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("master.cf");
-        let master: String = master
-            .lines()
-            .map(|l| {
-                if l.starts_with("smtp ") && l.contains(" inet ") {
-                    format!("127.0.0.1:{port} inet n - n - - smtpd")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(base.join("conf/master.cf"), master + "\n").unwrap();
-        run_ok(
-            Command::new("postfix")
-                .arg("-c")
-                .arg(base.join("conf"))
-                .arg("start"),
-        );
-        assert!(
-            wait_port(port, Duration::from_secs(30)),
-            "postfix did not listen on {port}; see {}",
-            log.display()
-        );
-        Postfix {
-            dir: base,
-            port,
-            log,
-        }
-    }
-
-    pub fn conf(&self) -> PathBuf {
-        self.dir.join("conf")
-    }
-
-    /// Postfix's queue as JSON lines (`postqueue -j`).
-    pub fn queue(&self) -> Vec<serde_json::Value> {
-        let out = Command::new("postqueue")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("-j")
-            .output()
-            .expect("postqueue");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("stop")
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The stormbreaker binary running `run --config` on a generated policy file.
@@ -410,16 +301,8 @@ pub fn at_exit(task: impl FnOnce() + Send + 'static) {
 impl Postfix {
     /// For a Postfix kept in a static: stop it when the test process exits.
     pub fn stop_at_exit(&self) {
-        let conf = self.conf();
         let dir = self.dir.clone();
-        at_exit(move || {
-            let _ = Command::new("postfix")
-                .arg("-c")
-                .arg(conf)
-                .arg("stop")
-                .output();
-            let _ = std::fs::remove_dir_all(dir);
-        });
+        at_exit(move || postfix_support::stop(&dir));
     }
 }
 

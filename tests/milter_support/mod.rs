@@ -1,5 +1,6 @@
-//! Real peers for the milter tests: a private Postfix instance with `smtpd_milters`, a recording
-//! smtp-sink behind it, the stormbreaker binary, and a Python smtplib client.
+//! Real peers for the milter tests: a private Postfix instance with `smtpd_milters` (see
+//! `postfix_support`), a recording smtp-sink behind it, the stormbreaker binary, and a Python
+//! smtplib client.
 //!
 //! Everything binds to 127.0.0.1 on free ports and lives in a temporary folder under /var/tmp
 //! (Postfix's `maillog_file` must be under /var); dropping a value stops what it started.
@@ -10,6 +11,11 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../postfix_support/mod.rs"]
+mod postfix_support;
+#[allow(unused_imports)] // not every test crate starts a Postfix
+pub use postfix_support::Postfix;
 
 /// Liveness bound for polling; not a speed assertion.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -126,136 +132,13 @@ impl Drop for Sink {
     }
 }
 
-/// A private Postfix instance relaying everything to `relay_port`, with stormbreaker (or
-/// nothing) at `milter` (`inet:127.0.0.1:PORT`, `unix:/path`, or None for no milter).
-pub struct Postfix {
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl Postfix {
-    pub fn start(milter: Option<&str>, relay_port: u16) -> Postfix {
-        Self::start_with(milter, relay_port, "")
-    }
-
-    /// `extra`: more main.cf lines.
-    pub fn start_with(milter: Option<&str>, relay_port: u16, extra: &str) -> Postfix {
-        let dir = scratch_dir("sb-postfix.");
-        let d = dir.path();
-        for sub in ["conf", "queue", "data"] {
-            std::fs::create_dir(d.join(sub)).unwrap();
-        }
-        run(Command::new("chown")
-            .arg("postfix:postfix")
-            .arg(d.join("data")));
-        let port = free_port();
-        let milters = milter
-            .map(|m| {
-                format!(
-                    "smtpd_milters = {m}\nmilter_protocol = 6\nmilter_default_action = tempfail\n\
-                     milter_connect_timeout = 10s\nmilter_command_timeout = 30s\n"
-                )
-            })
-            .unwrap_or_default();
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {d}/queue\n\
-             data_directory = {d}/data\n\
-             command_directory = /usr/sbin\n\
-             daemon_directory = /usr/lib/postfix/sbin\n\
-             mail_owner = postfix\n\
-             setgid_group = postdrop\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = mx.corp.test\n\
-             mydestination =\n\
-             mynetworks = 127.0.0.0/8\n\
-             relayhost = [127.0.0.1]:{relay_port}\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject\n\
-             alias_maps =\n\
-             alias_database =\n\
-             maillog_file = {d}/maillog\n\
-             smtp_connection_cache_on_demand = yes\n\
-             {milters}{extra}\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("conf/main.cf"), main_cf).unwrap();
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
-        let master: String = master
-            .lines()
-            .map(|line| {
-                if line.starts_with("smtp ") && line.contains(" inet ") {
-                    format!("127.0.0.1:{port} inet n - n - - smtpd\n")
-                } else {
-                    format!("{line}\n")
-                }
-            })
-            .collect();
-        std::fs::write(d.join("conf/master.cf"), master).unwrap();
-        run(Command::new("/usr/sbin/postfix")
-            .arg("-c")
-            .arg(d.join("conf"))
-            .arg("start"));
-        let postfix = Postfix { dir, port };
-        wait_for("Postfix to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        postfix
-    }
-
-    pub fn conf(&self) -> PathBuf {
-        self.dir.path().join("conf")
-    }
-
-    pub fn maillog(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
-    }
-
-    /// `postqueue -j`: one JSON object per queued message.
-    pub fn queue(&self) -> Vec<serde_json::Value> {
-        run(Command::new("/usr/sbin/postqueue")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("-j"))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("postqueue -j line is JSON"))
-        .collect()
-    }
-
-    /// Queue ids in the hold queue.
-    pub fn held(&self) -> Vec<String> {
-        self.queue()
-            .into_iter()
-            .filter(|m| m["queue_name"] == "hold")
-            .filter_map(|m| m["queue_id"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// `postsuper -H ID`: release a held message (to the deferred queue), then `postqueue -f`
-    /// so it goes out now rather than at the next queue run.
-    pub fn release(&self, queue_id: &str) {
-        run(Command::new("/usr/sbin/postsuper")
-            .arg("-c")
-            .arg(self.conf())
-            .args(["-H", queue_id]));
-        run(Command::new("/usr/sbin/postqueue")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("-f"));
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/postfix")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+/// main.cf lines that put stormbreaker (`inet:127.0.0.1:PORT` or `unix:/path`) in front of
+/// Postfix's queue as its milter; a milter failure tempfails the message rather than passing it.
+pub fn milter_main_cf(milter: &str) -> String {
+    format!(
+        "smtpd_milters = {milter}\nmilter_protocol = 6\nmilter_default_action = tempfail\n\
+         milter_connect_timeout = 10s\nmilter_command_timeout = 30s\n"
+    )
 }
 
 /// The real stormbreaker binary, run with a config file; logs as JSON lines to a file.

@@ -1,9 +1,14 @@
-//! Real peers: a recording SMTP sink (sink.py) and a private Postfix instance relaying to it.
-//! Both bind to 127.0.0.1 on free ports and are stopped on drop.
+//! Real peers: a recording SMTP sink (sink.py) and a private Postfix instance relaying to it
+//! (see `postfix_support`). Both bind to 127.0.0.1 on free ports and are stopped on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../postfix_support/mod.rs"]
+mod postfix_support;
+#[allow(unused_imports)] // not every test crate starts a Postfix
+pub use postfix_support::Postfix;
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -134,113 +139,6 @@ impl Drop for Sink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A private Postfix instance listening on 127.0.0.1:port and relaying everything to `relay`.
-pub struct Postfix {
-    pub port: u16,
-    conf: PathBuf,
-    pub log: PathBuf,
-}
-
-impl Postfix {
-    pub fn start(dir: &Path, relay: &str) -> Postfix {
-        let port = free_port();
-        let conf = dir.join("conf");
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        for d in [&conf, &queue, &data] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        // Every folder down to DIR must be traversable by the postfix user.
-        let mut p = dir.to_path_buf();
-        while p.parent().is_some() {
-            let _ = Command::new("chmod").arg("o+x").arg(&p).status();
-            p.pop();
-        }
-        Command::new("chown")
-            .args(["postfix:postfix"])
-            .arg(&data)
-            .status()
-            .unwrap();
-        let name = format!("sbq-postfix-{port}");
-        let log = PathBuf::from(format!("/var/log/{name}.log"));
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             command_directory = /usr/sbin\n\
-             daemon_directory = /usr/lib/postfix/sbin\n\
-             mail_owner = postfix\n\
-             setgid_group = postdrop\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = upstream.test\n\
-             mydestination =\n\
-             mynetworks = 127.0.0.0/8\n\
-             relayhost = [127.0.0.1]:{relay_port}\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_header_rewrite_clients =\n\
-             disable_mime_output_conversion = yes\n\
-             smtp_tls_security_level = none\n\
-             maillog_file = {log}\n\
-             syslog_name = {name}\n",
-            queue = queue.display(),
-            data = data.display(),
-            relay_port = relay.rsplit(':').next().unwrap(),
-            log = log.display(),
-        );
-        std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
-        let master: String = master
-            .lines()
-            .map(|l| {
-                if l.starts_with("smtp ") && l.contains("inet") {
-                    format!("127.0.0.1:{port} inet n - n - - smtpd")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(conf.join("master.cf"), master + "\n").unwrap();
-        let status = Command::new("postfix")
-            .arg("-c")
-            .arg(&conf)
-            .arg("start")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "postfix start failed; see {}",
-            log.display()
-        );
-        wait_for("postfix to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Postfix { port, conf, log }
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
