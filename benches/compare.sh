@@ -6,6 +6,8 @@
 #   haraka   smtp-source -> Haraka 3.3.4 smtp_forward -> smtp-sink
 #   postfix  smtp-source -> Postfix (relayhost) -> smtp-sink
 #   milter   smtp-source -> Postfix + stormbreaker milter -> smtp-sink
+#   front    smtp-source -> stormbreaker proxy (XCLIENT) -> Postfix -> smtp-sink: the proxy as
+#            the listener in front of Postfix (README), beside `postfix`, the same instance alone
 # For every load, each round runs every peer once, in that order (alternating, so noise on a
 # shared machine hits all alike); each figure is the median over the rounds and is reported as a
 # ratio to the direct run's median. A round's time runs from smtp-source's start to the last
@@ -27,7 +29,7 @@
 #        KEEP=1 benches/compare.sh     (keep the work folder: logs, queues, quarantine)
 # Environment overrides: ROUNDS=3 SESSIONS=20 MESSAGES=5000 RCPT_MESSAGES=500 BIG_MESSAGES=300
 #   STORM_MESSAGES=2000 STORM_PERCENT=25 STORM_SESSIONS=5 LOADS="small rcpt100 big storm"
-#   PEERS="direct proxy haraka postfix milter" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink;
+#   PEERS="direct proxy haraka postfix milter front" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink;
 #   '"xforward"' for XFORWARD with upstream connection reuse) MILTER_TRANSPORT=unix (or inet)
 #   HARAKA_DIR=/var/tmp/stormbreaker-bench-haraka (npm cache of Haraka 3.3.4) OUT=FILE (tsv of
 #   every round). Needs root (Postfix, smtp-sink -u), node and npm for Haraka, python3.
@@ -42,7 +44,7 @@ STORM_MESSAGES=${STORM_MESSAGES:-2000}
 STORM_PERCENT=${STORM_PERCENT:-25}
 STORM_SESSIONS=${STORM_SESSIONS:-5}
 LOADS=${LOADS:-small rcpt100 big storm}
-PEERS=${PEERS:-direct proxy haraka postfix milter}
+PEERS=${PEERS:-direct proxy haraka postfix milter front}
 PASS_CLIENT=${PASS_CLIENT:-true}
 HARAKA_DIR=${HARAKA_DIR:-/var/tmp/stormbreaker-bench-haraka}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,28 +118,31 @@ level = "warn"
 EOF
 }
 
-if has proxy; then
-    PROXY=$(free_port)
-    mkdir -p "$WORK/proxy"
+start_proxy() { # name listen-port upstream-port pass_client
+    mkdir -p "$WORK/$1"
     { cat <<EOF
 [proxy]
-listen = "127.0.0.1:$PROXY"
+listen = "127.0.0.1:$2"
 hostname = "bench.test"
 max_connections = 5000
 max_recipients = 1000
 
 [upstream]
-address = "127.0.0.1:$SINK"
-pass_client = $PASS_CLIENT
+address = "127.0.0.1:$3"
+pass_client = $4
 
 [quarantine]
-dir = "$WORK/proxy/quarantine"
+dir = "$WORK/$1/quarantine"
 
 EOF
-      policy; } >"$WORK/proxy/stormbreaker.toml"
-    start "$WORK/proxy/stormbreaker.log" "$BIN" run --config "$WORK/proxy/stormbreaker.toml"
+      policy; } >"$WORK/$1/stormbreaker.toml"
+    start "$WORK/$1/stormbreaker.log" "$BIN" run --config "$WORK/$1/stormbreaker.toml"
+    wait_port "$2" "stormbreaker $1" "$WORK/$1/stormbreaker.log"
+}
+if has proxy; then
+    PROXY=$(free_port)
+    start_proxy proxy "$PROXY" "$SINK" "$PASS_CLIENT"
     PROXY_PID=$LAST_PID
-    wait_port "$PROXY" "stormbreaker proxy" "$WORK/proxy/stormbreaker.log"
 fi
 
 if has haraka; then
@@ -181,9 +186,10 @@ EOF
     sed "s/^smtp \+inet .*/127.0.0.1:$2 inet n - n - - smtpd/" /etc/postfix/master.cf >"$d/conf/master.cf"
     postfix -c "$d/conf" start >/dev/null 2>&1
 }
-if has postfix; then
+if has postfix || has front; then
     POSTFIX=$(free_port)
-    start_postfix postfix "$POSTFIX" ""
+    # `front` passes the real client with XCLIENT, as in front of a production Postfix.
+    start_postfix postfix "$POSTFIX" "smtpd_authorized_xclient_hosts = 127.0.0.0/8"
     wait_port "$POSTFIX" "Postfix" "$WORK/postfix/maillog"
 fi
 if has milter; then
@@ -217,11 +223,17 @@ milter_default_action = tempfail"
     wait_port "$MILTER_SMTP" "Postfix with milter" "$WORK/milter/maillog"
 fi
 
+if has front; then
+    FRONT=$(free_port)
+    start_proxy front "$FRONT" "$POSTFIX" true
+    FRONT_PID=$LAST_PID
+fi
+
 # --- loads -----------------------------------------------------------------------------------
 port_of() {
     case $1 in
         direct) echo "$SINK" ;; proxy) echo "$PROXY" ;; haraka) echo "$HARAKA" ;;
-        postfix) echo "$POSTFIX" ;; milter) echo "$MILTER_SMTP" ;;
+        postfix) echo "$POSTFIX" ;; milter) echo "$MILTER_SMTP" ;; front) echo "$FRONT" ;;
     esac
 }
 queue_empty() { # no message left in a Postfix instance's queue
@@ -263,7 +275,7 @@ run() { # peer load count -> seconds on stdout; errors of smtp-source go to $ERR
     if ! send "$(port_of "$peer")" "$load" "$n" >/dev/null 2>>"$ERRLOG.$peer.$load"; then
         echo "smtp-source failed against $peer ($load)" >>"$ERRLOG.$peer.$load"
     fi
-    case $peer in postfix | milter) drain "$peer" || true ;; esac
+    case $peer in postfix | milter) drain "$peer" || true ;; front) drain postfix || true ;; esac
     t1=$(date +%s.%N)
     python3 -c "print(f'{$t1 - $t0:.4f}')"
 }
@@ -295,14 +307,18 @@ kill "$SAMPLER" 2>/dev/null || true
 echo
 echo "load average during the run (5 s samples): $(sort -n "$LOADAVG" | awk '{a[NR]=$1} END {if (NR) printf "min %s median %s max %s", a[1], a[int((NR+1)/2)], a[NR]}')"
 [ -n "${PROXY_PID:-}" ] && echo "stormbreaker proxy CPU: $(python3 -c "print($(cpu_of "$PROXY_PID") / $(getconf CLK_TCK))") s, RSS $(awk '/VmRSS/ {print $2}' /proc/$PROXY_PID/status) KiB"
+[ -n "${FRONT_PID:-}" ] && echo "stormbreaker front CPU: $(python3 -c "print($(cpu_of "$FRONT_PID") / $(getconf CLK_TCK))") s"
 [ -n "${MILTER_PID:-}" ] && echo "stormbreaker milter CPU: $(python3 -c "print($(cpu_of "$MILTER_PID") / $(getconf CLK_TCK))") s"
 [ -n "${HARAKA_PID:-}" ] && echo "Haraka CPU: $(python3 -c "print($(cpu_of "$HARAKA_PID") / $(getconf CLK_TCK))") s"
 [ -d "$WORK/proxy/quarantine" ] && echo "held by the proxy (its quarantine): $(find "$WORK/proxy/quarantine/held" -type f | wc -l) messages"
+[ -d "$WORK/front/quarantine" ] && echo "held by the front proxy (its quarantine): $(find "$WORK/front/quarantine/held" -type f | wc -l) messages"
 [ -d "$WORK/milter/queue/hold" ] && echo "held by the milter (Postfix hold queue): $(find "$WORK/milter/queue/hold" -type f | wc -l) messages"
 for f in "$ERRLOG".*; do
     [ -s "$f" ] && echo "smtp-source errors (${f##*.err.}): $(wc -l <"$f") lines, first: $(head -1 "$f")"
 done
-[ -s "$WORK/proxy/stormbreaker.log" ] && grep -c ERROR "$WORK/proxy/stormbreaker.log" >/dev/null && echo "proxy logged errors: $(grep ERROR "$WORK/proxy/stormbreaker.log" | head -3)"
+for p in proxy front; do
+    [ -s "$WORK/$p/stormbreaker.log" ] && grep -q ERROR "$WORK/$p/stormbreaker.log" && echo "$p logged errors: $(grep ERROR "$WORK/$p/stormbreaker.log" | head -3)"
+done
 echo
 python3 - "$OUT" "$PEERS" <<'EOF'
 import statistics, sys
@@ -335,5 +351,9 @@ for (load, n), by_peer in times.items():
         pf, mi = by_peer["postfix"], by_peer["milter"]
         share = statistics.median(pf[r] / mi[r] for r in pf if r in mi)
         print(f"|  ↳ Postfix+milter throughput vs Postfix alone | {100 * share:.1f}% |" + " |" * (len(peers) - 1))
+    if "postfix" in by_peer and "front" in by_peer:
+        pf, fr = by_peer["postfix"], by_peer["front"]
+        cost = statistics.median(fr[r] / pf[r] for r in fr if r in pf)
+        print(f"|  ↳ proxy (XCLIENT) in front of Postfix: time vs Postfix alone | {cost:.2f}x |" + " |" * (len(peers) - 1))
 EOF
 echo "(median seconds over the rounds; in brackets the median of the per-round ratios to direct)"
