@@ -49,17 +49,12 @@ PASS_CLIENT=${PASS_CLIENT:-true}
 HARAKA_DIR=${HARAKA_DIR:-/var/tmp/stormbreaker-bench-haraka}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stormbreaker
-export PATH=$PATH:/usr/sbin
+. "$ROOT/benches/lib.sh"
 
 has() { [[ " $PEERS " == *" $1 "* ]]; }
 
 # --- what it needs ---------------------------------------------------------------------------
-if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
-    echo "installing postfix..." >&2
-    apt-get update -q >/dev/null
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
-fi
+need_postfix
 if has haraka && [ ! -x "$HARAKA_DIR/node_modules/.bin/haraka" ]; then
     echo "installing Haraka 3.3.4 into $HARAKA_DIR..." >&2
     mkdir -p "$HARAKA_DIR"
@@ -74,9 +69,7 @@ GROUPS_=()   # each server runs in its own session (setsid); stopped by its proc
 cleanup() {
     set +e
     [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
-    for inst in postfix milter; do
-        [ -f "$WORK/$inst/conf/main.cf" ] && postfix -c "$WORK/$inst/conf" stop >/dev/null 2>&1
-    done
+    for inst in postfix milter; do stop_postfix "$WORK/$inst"; done
     for pgid in "${GROUPS_[@]}"; do kill -TERM -- "-$pgid" 2>/dev/null; done
     sleep 1
     for pgid in "${GROUPS_[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null; done
@@ -90,12 +83,6 @@ start() { # log-file command... ; runs it in a new session, remembers its group
     GROUPS_+=($!)
     LAST_PID=$!
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listens on 127.0.0.1:$1 ($2); see its log:" >&2; tail -20 "$3" >&2; exit 1
-}
-
 SINK=$(free_port)
 start "$WORK/sink.log" smtp-sink -u nobody "127.0.0.1:$SINK" 2000
 wait_port "$SINK" smtp-sink "$WORK/sink.log"
@@ -159,37 +146,10 @@ if has haraka; then
     wait_port "$HARAKA" Haraka "$WORK/haraka.log"
 fi
 
-start_postfix() { # name port extra-main.cf-lines
-    local d=$WORK/$1
-    mkdir -p "$d/conf" "$d/queue" "$d/data"
-    chown postfix:postfix "$d/data"
-    cat >"$d/conf/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $d/queue
-data_directory = $d/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mx.corp.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$SINK
-smtpd_relay_restrictions = permit_mynetworks, reject
-alias_maps =
-alias_database =
-maillog_file = $d/maillog
-$3
-EOF
-    sed "s/^smtp \+inet .*/127.0.0.1:$2 inet n - n - - smtpd/" /etc/postfix/master.cf >"$d/conf/master.cf"
-    postfix -c "$d/conf" start >/dev/null 2>&1
-}
 if has postfix || has front; then
     POSTFIX=$(free_port)
     # `front` passes the real client with XCLIENT, as in front of a production Postfix.
-    start_postfix postfix "$POSTFIX" "smtpd_authorized_xclient_hosts = 127.0.0.0/8"
+    start_postfix "$WORK/postfix" "$POSTFIX" "$SINK" "smtpd_authorized_xclient_hosts = 127.0.0.0/8"
     wait_port "$POSTFIX" "Postfix" "$WORK/postfix/maillog"
 fi
 if has milter; then
@@ -217,9 +177,7 @@ EOF
     else
         wait_port "$MILTER" "stormbreaker milter" "$WORK/sbmilter/stormbreaker.log"
     fi
-    start_postfix milter "$MILTER_SMTP" "smtpd_milters = $MILTER_SPEC
-milter_protocol = 6
-milter_default_action = tempfail"
+    start_postfix "$WORK/milter" "$MILTER_SMTP" "$SINK" "$(milter_main_cf "$MILTER_SPEC")"
     wait_port "$MILTER_SMTP" "Postfix with milter" "$WORK/milter/maillog"
 fi
 

@@ -14,16 +14,12 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}; SESSIONS=${2:-20}; MESSAGES=${3:-5000}; SIZE=${4:-2048}; RCPTS=${5:-1}; EXTRA=${6:-}
 PASS_CLIENT=${PASS_CLIENT:-true}
 
-if ! command -v smtp-source >/dev/null; then
-  apt-get update -q
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
-fi
+. benches/lib.sh
+need_postfix
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-target}/release/stormbreaker
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SINK=$(port); PROXY=$(port)
+SINK=$(free_port); PROXY=$(free_port)
 WORK=$(mktemp -d)
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"; }
 PIDS=(); trap cleanup EXIT
@@ -44,7 +40,7 @@ dir = "$WORK/quarantine"
 level = "warn"
 TOML
 "$BIN" run --config "$WORK/policy.toml" 2>"$WORK/proxy.log" & PIDS+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PROXY) 2>/dev/null && break; sleep 0.1; done
+wait_port "$PROXY" stormbreaker "$WORK/proxy.log"
 
 load() { # $1 = port; prints seconds
   local start end

@@ -7,12 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
-command -v smtp-sink >/dev/null || { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null; }
+. benches/lib.sh
+need_postfix
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-target}/release/stormbreaker
 ulimit -n "$(ulimit -Hn)"   # a session holds two descriptors: client and upstream
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SINK=$(port); PROXY=$(port); WORK=$(mktemp -d)
+SINK=$(free_port); PROXY=$(free_port); WORK=$(mktemp -d)
 PIDS=(); cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"; }; trap cleanup EXIT
 smtp-sink -u nobody -m $((N + 100)) 127.0.0.1:$SINK 4096 & PIDS+=($!)
 cat > "$WORK/policy.toml" <<TOML
@@ -28,7 +28,7 @@ dir = "$WORK/quarantine"
 level = "warn"
 TOML
 "$BIN" run --config "$WORK/policy.toml" 2>"$WORK/proxy.log" & PID=$!; PIDS+=($PID)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PROXY) 2>/dev/null && break; sleep 0.1; done
+wait_port "$PROXY" stormbreaker "$WORK/proxy.log"
 sleep 0.5
 rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
 BEFORE=$(rss)

@@ -21,19 +21,11 @@ SIZE=${4:-2048}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release/stormbreaker
 
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need postfix || ! need smtp-source || ! need smtp-sink; then
-    echo "installing postfix..." >&2
-    apt-get update -q >/dev/null
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
-fi
-export PATH=$PATH:/usr/sbin
+. "$ROOT/benches/lib.sh"
+need_postfix
 if [ ! -x "$BIN" ]; then
     (cd "$ROOT" && cargo build --release --bin stormbreaker)
 fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 DIR=$(mktemp -d -p /var/tmp sb-bench.XXXXXX)
 chmod 755 "$DIR"
@@ -44,9 +36,7 @@ if [ "${TMPFS:-0}" = 1 ]; then
 fi
 PIDS=()
 cleanup() {
-    for inst in plain milter; do
-        [ -d "$DIR/$inst/conf" ] && postfix -c "$DIR/$inst/conf" stop >/dev/null 2>&1 || true
-    done
+    for inst in plain milter; do stop_postfix "$DIR/$inst"; done
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     sleep 1
     if [ "${TMPFS:-0}" = 1 ]; then umount "$DIR"; fi
@@ -81,44 +71,19 @@ EOF
 SB_PID=$!
 PIDS+=($SB_PID)
 
-start_postfix() { # name port milter-lines
-    local d=$DIR/$1
-    mkdir -p "$d/conf" "$d/queue" "$d/data"
-    chown postfix:postfix "$d/data"
-    cat >"$d/conf/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $d/queue
-data_directory = $d/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mx.corp.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$SINK_PORT
-smtpd_relay_restrictions = permit_mynetworks, reject
-alias_maps =
-alias_database =
-maillog_file = $d/maillog
-$3
-EOF
-    sed "s/^smtp \+inet .*/127.0.0.1:$2 inet n - n - - smtpd/" /etc/postfix/master.cf >"$d/conf/master.cf"
-    postfix -c "$d/conf" start >/dev/null
-}
-
 PLAIN_PORT=$(free_port)
 WITH_PORT=$(free_port)
-start_postfix plain "$PLAIN_PORT" ""
+start_postfix "$DIR/plain" "$PLAIN_PORT" "$SINK_PORT"
 # AA=1: the "milter" instance runs without the milter, to show the benchmark's own bias.
-start_postfix milter "$WITH_PORT" "${AA:+#}smtpd_milters = $MILTER_SPEC
-milter_protocol = 6
-milter_default_action = tempfail"
+if [ -n "${AA:-}" ]; then
+    start_postfix "$DIR/milter" "$WITH_PORT" "$SINK_PORT"
+else
+    start_postfix "$DIR/milter" "$WITH_PORT" "$SINK_PORT" "$(milter_main_cf "$MILTER_SPEC")"
+fi
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not listening" >&2; exit 1; }
-wait_port "$SINK_PORT"; wait_port "$PLAIN_PORT"; wait_port "$WITH_PORT"
+wait_port "$SINK_PORT" smtp-sink
+wait_port "$PLAIN_PORT" Postfix "$DIR/plain/maillog"
+wait_port "$WITH_PORT" "Postfix with the milter" "$DIR/milter/maillog"
 for _ in $(seq 100); do
     if [ "${MILTER:-inet}" = unix ]; then [ -S "$MILTER_LISTEN" ] && break
     else (exec 3<>"/dev/tcp/127.0.0.1/$MILTER_PORT") 2>/dev/null && break; fi
