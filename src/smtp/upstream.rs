@@ -219,15 +219,16 @@ impl Upstream {
             if self.buf.len() > MAX_REPLY {
                 return Err(UpstreamError::BadReply("reply longer than 64 KiB".into()));
             }
-            let mut chunk = [0u8; 4096];
-            let n = match timeout(self.timeouts.reply, self.stream.read(&mut chunk)).await {
+            // Straight into the buffer: a stack array here would live in every future that
+            // awaits a reply, and each session's future is copied when it is spawned.
+            self.buf.reserve(4096);
+            let n = match timeout(self.timeouts.reply, self.stream.read_buf(&mut self.buf)).await {
                 Ok(r) => r?,
                 Err(_) => return Err(UpstreamError::Timeout(self.timeouts.reply)),
             };
             if n == 0 {
                 return Err(UpstreamError::Closed);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
