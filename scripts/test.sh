@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis, swaks) when they are missing, then runs formatting, lints and
-# every test.
+# tests talk to (Postfix, Redis, swaks, openssl for a test certificate) when they are missing,
+# then runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v postfix >/dev/null || need+=(postfix)
 command -v smtp-sink >/dev/null || need+=(postfix)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v swaks >/dev/null || need+=(swaks)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; run as root to install them" >&2
@@ -18,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -q
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix redis-server swaks >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix redis-server swaks openssl >/dev/null
 fi
 
 cargo fmt --check

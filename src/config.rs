@@ -77,6 +77,10 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long sessions in flight may take before they get 421.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain (leaf first) for STARTTLS; with `tls_key`, STARTTLS is offered.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -95,6 +99,8 @@ impl Default for ProxyConfig {
             data_timeout: Duration::from_secs(180),
             min_data_rate: 500,
             shutdown_grace: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -469,13 +475,29 @@ impl Config {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError {
-            file: path.to_path_buf(),
-            line: find_key_line(text, &key),
-            key: Some(key),
-            message,
-        })?;
+        config
+            .validate()
+            .and_then(|()| config.check_tls())
+            .map_err(|(key, message)| ConfigError {
+                file: path.to_path_buf(),
+                line: find_key_line(text, &key),
+                key: Some(key),
+                message,
+            })?;
         Ok(config)
+    }
+
+    /// The STARTTLS certificate and key, when set, must load (so `check-config` finds a bad
+    /// file before `run` does).
+    fn check_tls(&self) -> Result<(), (String, String)> {
+        match (&self.proxy.tls_cert, &self.proxy.tls_key) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(("proxy.tls_key".into(), "tls_cert needs tls_key".into())),
+            (None, Some(_)) => Err(("proxy.tls_cert".into(), "tls_key needs tls_cert".into())),
+            (Some(cert), Some(key)) => crate::smtp::tls::acceptor(cert, key)
+                .map(drop)
+                .map_err(|e| ("proxy.tls_cert".into(), e)),
+        }
     }
 
     /// Checks that need more than one value's type.

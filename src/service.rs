@@ -28,12 +28,18 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         crate::quarantine::expiry::DEFAULT_EVERY,
         stop_rx.clone(),
     ));
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         config.clone(),
         engine.clone(),
         Some(quarantine),
         Some(notifier.clone()),
-    ));
+    );
+    if let (Some(cert), Some(key)) = (&config.proxy.tls_cert, &config.proxy.tls_key) {
+        let acceptor = crate::smtp::tls::acceptor(cert, key)
+            .map_err(|e| anyhow::anyhow!("proxy.tls_cert: {e}"))?;
+        shared.tls = Some(acceptor);
+    }
+    let shared = Arc::new(shared);
 
     if let Some(listen) = config.proxy.listen {
         let listener = tokio::net::TcpListener::bind(listen)

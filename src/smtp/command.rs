@@ -211,6 +211,7 @@ mod tests {
             dsn: true,
             xclient: Vec::new(),
             xforward: Vec::new(),
+            starttls: false,
         }
     }
 

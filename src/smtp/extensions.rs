@@ -18,6 +18,9 @@ pub struct Extensions {
     pub xclient: Vec<String>,
     /// XFORWARD attributes offered (Postfix), upper case; empty when not offered.
     pub xforward: Vec<String>,
+    /// STARTTLS in our own EHLO reply: set by the session when it has a certificate and the
+    /// client is still in plain text (never taken from the upstream).
+    pub starttls: bool,
 }
 
 impl Extensions {
@@ -74,6 +77,7 @@ impl Extensions {
             dsn: upstream.dsn,
             xclient: Vec::new(),
             xforward: Vec::new(),
+            starttls: false,
         }
     }
 
@@ -95,6 +99,9 @@ impl Extensions {
         }
         if self.dsn {
             lines.push("DSN".into());
+        }
+        if self.starttls {
+            lines.push("STARTTLS".into());
         }
         let last = lines.len() - 1;
         lines
@@ -140,5 +147,17 @@ mod tests {
         let ours = Extensions::offered_to_clients(&bare, 1000);
         let reply = ours.ehlo_reply("sb.test", "c");
         assert_eq!(reply, "250-sb.test Hello c\r\n250 SIZE 1000\r\n");
+    }
+
+    #[test]
+    fn starttls_is_ours_not_the_upstreams() {
+        let upstream = Extensions::from_ehlo_reply(b"250-mx\r\n250 STARTTLS\r\n");
+        let mut ours = Extensions::offered_to_clients(&upstream, 1000);
+        assert!(!ours.ehlo_reply("sb.test", "c").contains("STARTTLS"));
+        ours.starttls = true;
+        assert!(
+            ours.ehlo_reply("sb.test", "c")
+                .ends_with("250 STARTTLS\r\n")
+        );
     }
 }

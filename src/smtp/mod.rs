@@ -8,6 +8,7 @@
 //! - `session`: one client session's command loop.
 //! - `transfer`: the DATA phase, where the engine's verdict is acted on.
 //! - `server`: the listener, connection limit, graceful shutdown.
+//! - `tls`: STARTTLS on the client side (certificate loading, the client stream).
 
 pub mod command;
 pub mod data;
@@ -15,5 +16,6 @@ pub mod extensions;
 pub mod pool;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transfer;
 pub mod upstream;

@@ -14,6 +14,7 @@ use crate::reply;
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
 use crate::smtp::pool::{PoolLimits, UpstreamPool};
+use crate::smtp::tls::ClientStream;
 use crate::smtp::transfer;
 use crate::smtp::upstream::{ClientIdentity, Reply, Timeouts, Upstream, UpstreamError};
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct Shared {
     pub notifier: Option<Arc<Notifier>>,
     /// Idle upstream connections for the next client session.
     pub pool: UpstreamPool,
+    /// STARTTLS is offered when set (`[proxy] tls_cert` and `tls_key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -49,6 +52,7 @@ impl Shared {
             quarantine,
             notifier,
             pool,
+            tls: None,
         }
     }
 }
@@ -78,7 +82,7 @@ pub struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: String,
     pub(crate) peer: SocketAddr,
-    pub(crate) client: TcpStream,
+    pub(crate) client: ClientStream,
     pub(crate) inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     pub(crate) upstream: Option<Upstream>,
@@ -107,7 +111,7 @@ impl Session {
             shared,
             id,
             peer,
-            client,
+            client: ClientStream::Plain(client),
             inbuf: Vec::with_capacity(8192),
             outbuf: Vec::with_capacity(1024),
             upstream: None,
@@ -128,7 +132,9 @@ impl Session {
 
     /// Runs the session to its end; errors are logged, never propagated.
     pub async fn run(mut self) {
-        let _ = self.client.set_nodelay(true);
+        if let ClientStream::Plain(tcp) = &self.client {
+            let _ = tcp.set_nodelay(true);
+        }
         match self.connect_upstream().await {
             Ok(()) => {
                 let greeting = format!(
@@ -217,7 +223,7 @@ impl Session {
                 Flow::Continue
             }
             Command::Bdat { .. } => self.refuse(reply::BDAT_UNSUPPORTED),
-            Command::StartTls => self.refuse(reply::STARTTLS_UNSUPPORTED),
+            Command::StartTls => self.start_tls().await,
             Command::Auth { .. } => self.refuse(reply::AUTH_UNSUPPORTED),
             _ => self.refuse(reply::NOT_IMPLEMENTED),
         }
@@ -237,6 +243,7 @@ impl Session {
             self.reply(reply::UPSTREAM_UNAVAILABLE.as_bytes());
             return Flow::Close;
         }
+        self.offered.starttls = self.shared.tls.is_some() && !self.client.is_tls();
         let text = if esmtp {
             self.offered
                 .ehlo_reply(&self.config().proxy.hostname, &host)
@@ -245,6 +252,47 @@ impl Session {
         };
         self.reply(text.as_bytes());
         Flow::Continue
+    }
+
+    /// STARTTLS (RFC 3207): 220, the handshake, then a fresh start that needs EHLO again.
+    async fn start_tls(&mut self) -> Flow {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return self.refuse(reply::STARTTLS_UNSUPPORTED);
+        };
+        if self.client.is_tls() {
+            return self.refuse(reply::TLS_ALREADY_ACTIVE);
+        }
+        if self.tx.is_some() {
+            return self.refuse(reply::TLS_IN_TRANSACTION);
+        }
+        if !self.inbuf.is_empty() {
+            // Plain-text commands pipelined after STARTTLS would be taken as sent inside TLS
+            // (CVE-2011-0411): they are dropped, as Postfix does.
+            tracing::warn!(session = %self.id, client = %self.peer, bytes = self.inbuf.len(), "commands pipelined after STARTTLS; discarded");
+            self.inbuf.clear();
+        }
+        self.reply(reply::TLS_READY.as_bytes());
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let limit = self.config().proxy.command_timeout;
+        match tokio::time::timeout(limit, self.client.start_tls(&acceptor)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(session = %self.id, version = self.client.tls_version(), "TLS started");
+                // RFC 3207 4.2: forget what the client said before, its HELO first.
+                self.helo = None;
+                self.esmtp = false;
+                Flow::Continue
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no handshake within {limit:?}"),
+                };
+                tracing::info!(session = %self.id, client = %self.peer, %error, "TLS handshake failed; closing");
+                Flow::Close
+            }
+        }
     }
 
     async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Flow {
@@ -441,7 +489,11 @@ impl Session {
         if self.outbuf.is_empty() {
             return Ok(());
         }
-        let result = self.client.write_all(&self.outbuf).await;
+        let mut result = self.client.write_all(&self.outbuf).await;
+        if result.is_ok() && self.client.is_tls() {
+            // TLS records may wait in the TLS layer until flushed.
+            result = self.client.flush().await;
+        }
         self.outbuf.clear();
         result
     }

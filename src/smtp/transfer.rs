@@ -461,6 +461,7 @@ fn log_transaction(s: &Session, size: usize, verdict: &Verdict, final_reply: &st
         thread = hold.map(|h| h.thread.as_str()).unwrap_or(""),
         list = hold.and_then(|h| h.list.as_deref()).unwrap_or(""),
         breaker = hold.map(|h| h.breaker).unwrap_or(""),
+        tls = s.client.tls_version(),
         ms = tx.started.elapsed().as_millis() as u64,
         "transaction"
     );

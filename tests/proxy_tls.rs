@@ -1,0 +1,211 @@
+//! STARTTLS on the client side against real peers: Python's smtplib and ssl as clients (a
+//! self-signed certificate made with openssl), a private Postfix as the upstream.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+use stormbreaker::sink::RecordingSink;
+
+struct World {
+    sink: RecordingSink,
+    postfix: Postfix,
+    certs: tempfile::TempDir,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let sink = sink();
+        let postfix = Postfix::start(
+            sink.addr.port(),
+            "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
+        );
+        postfix.stop_at_exit();
+        let certs = tempfile::tempdir().unwrap();
+        self_signed(certs.path());
+        World {
+            sink,
+            postfix,
+            certs,
+        }
+    })
+}
+
+/// cert.pem and key.pem for sb.test, made by the openssl command.
+fn self_signed(dir: &Path) {
+    require_tool("openssl");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "2", "-subj", "/CN=sb.test"])
+        .args(["-addext", "subjectAltName=DNS:sb.test"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out));
+}
+
+fn tls_keys(w: &World) -> String {
+    let d = w.certs.path();
+    format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        d.join("cert.pem").display(),
+        d.join("key.pem").display()
+    )
+}
+
+fn client(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls_support/starttls.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    let shown = text(&out);
+    assert!(
+        out.status.success(),
+        "starttls.py {args:?} failed:\n{shown}"
+    );
+    shown
+}
+
+/// The value printed for `name` by starttls.py.
+fn field<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{out}"))
+}
+
+#[test]
+fn smtplib_sends_a_message_inside_tls() {
+    let w = world();
+    let proxy = Proxy::start(w.postfix.port, &tls_keys(w), "");
+    let subject = format!("inside-tls-{}", rand::random::<u32>());
+    let out = client(&["send", &proxy.port.to_string(), &subject]);
+    assert_eq!(field(&out, "offered"), "True", "{out}");
+    assert!(field(&out, "starttls").starts_with("220 2.0.0"), "{out}");
+    assert!(field(&out, "version").starts_with("TLSv1."), "{out}");
+    assert_eq!(field(&out, "offered after"), "False", "{out}");
+    assert_eq!(field(&out, "refused"), "{}", "{out}");
+    let arrived = wait_for(Duration::from_secs(30), || {
+        w.sink
+            .received()
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.content).contains(&subject))
+    });
+    assert!(arrived, "the message did not reach the sink behind Postfix");
+    let logged = wait_for(Duration::from_secs(10), || {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("\"transaction\"") && l.contains("\"tls\":\"TLSv1."))
+    });
+    assert!(
+        logged,
+        "no transaction line with its TLS version:\n{}",
+        proxy.log()
+    );
+}
+
+/// Checklist line 11: `STARTTLS\r\nNOOP\r\n` in one write gets the 220 and nothing else
+/// (CVE-2011-0411); inside TLS, MAIL before a new EHLO is 503; a second STARTTLS is refused.
+#[test]
+fn plaintext_pipelined_after_starttls_is_dropped() {
+    let w = world();
+    let proxy = Proxy::start(w.postfix.port, &tls_keys(w), "");
+    let out = client(&["pipelined", &proxy.port.to_string()]);
+    assert!(field(&out, "ehlo").contains("STARTTLS"), "{out}");
+    assert_eq!(
+        field(&out, "starttls"),
+        "220 2.0.0 Ready to start TLS",
+        "{out}"
+    );
+    // A plain-text answer to the NOOP would have broken the handshake; inside TLS the first
+    // reply must be to MAIL, not a leftover 250 for the NOOP.
+    assert!(field(&out, "version").starts_with("TLSv1."), "{out}");
+    assert!(
+        field(&out, "mail before ehlo").starts_with("503 5.5.1"),
+        "{out}"
+    );
+    let ehlo = field(&out, "ehlo in tls");
+    assert!(
+        ehlo.starts_with("250") && !ehlo.contains("STARTTLS"),
+        "{out}"
+    );
+    assert_eq!(
+        field(&out, "second starttls"),
+        "503 5.5.1 TLS already active",
+        "{out}"
+    );
+    assert!(field(&out, "quit").starts_with("221"), "{out}");
+    assert!(
+        proxy
+            .log()
+            .contains("commands pipelined after STARTTLS; discarded"),
+        "{}",
+        proxy.log()
+    );
+}
+
+fn check_config(policy: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stormbreaker"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+#[test]
+fn a_bad_certificate_is_named_with_its_key_and_line() {
+    let w = world();
+    let good = tls_keys(w);
+    let missing: PathBuf = w.certs.path().join("missing.pem");
+    let base = "[proxy]\nlisten = \"127.0.0.1:2525\"\n";
+    let upstream = "[upstream]\naddress = \"127.0.0.1:10025\"\n";
+
+    let (code, out) = check_config(&format!("{base}{good}\n{upstream}"));
+    assert_eq!(code, 0, "{out}");
+
+    let policy = format!(
+        "{base}tls_cert = \"{}\"\ntls_key = \"{}\"\n{upstream}",
+        missing.display(),
+        w.certs.path().join("key.pem").display()
+    );
+    let (code, out) = check_config(&policy);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(":3: key `proxy.tls_cert`") && out.contains("missing.pem"),
+        "{out}"
+    );
+
+    // The key file given as the certificate: no certificate in it.
+    let policy = format!(
+        "{base}tls_cert = \"{key}\"\ntls_key = \"{key}\"\n{upstream}",
+        key = w.certs.path().join("key.pem").display()
+    );
+    let (code, out) = check_config(&policy);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no PEM certificate"), "{out}");
+
+    let policy = format!(
+        "{base}tls_cert = \"{}\"\n{upstream}",
+        w.certs.path().join("cert.pem").display()
+    );
+    let (code, out) = check_config(&policy);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("key `proxy.tls_key`") && out.contains("needs tls_key"),
+        "{out}"
+    );
+}
