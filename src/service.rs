@@ -28,18 +28,16 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         crate::quarantine::expiry::DEFAULT_EVERY,
         stop_rx.clone(),
     ));
-    let mut shared = Shared::new(
+    let shared = Arc::new(Shared::new(
         config.clone(),
         engine.clone(),
         Some(quarantine),
         Some(notifier.clone()),
-    );
-    if let (Some(cert), Some(key)) = (&config.proxy.tls_cert, &config.proxy.tls_key) {
-        let acceptor = crate::smtp::tls::acceptor(cert, key)
-            .map_err(|e| anyhow::anyhow!("proxy.tls_cert: {e}"))?;
-        shared.tls = Some(acceptor);
+    ));
+    if let Some(acceptor) = load_tls(&config) {
+        let acceptor = acceptor.map_err(|e| anyhow::anyhow!("proxy.tls_cert: {e}"))?;
+        shared.tls.store(Some(Arc::new(acceptor)));
     }
-    let shared = Arc::new(shared);
 
     if let Some(listen) = config.proxy.listen {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -70,13 +68,25 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         ));
     }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: no new sessions, finishing those in flight"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: no new sessions, finishing those in flight"),
-        Some(done) = tasks.join_next() => {
-            // A front end ended on its own: that is an error (a bind or accept failure).
-            done??;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => reload_tls(&config, &shared),
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: no new sessions, finishing those in flight");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: no new sessions, finishing those in flight");
+                break;
+            }
+            Some(done) = tasks.join_next() => {
+                // A front end ended on its own: that is an error (a bind or accept failure).
+                done??;
+                break;
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -89,4 +99,28 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(sent, failed, "alert mail flushed at shutdown");
     }
     Ok(())
+}
+
+/// The STARTTLS acceptor from `[proxy] tls_cert` and `tls_key`, if both are set.
+fn load_tls(config: &Config) -> Option<Result<tokio_rustls::TlsAcceptor, String>> {
+    let (cert, key) = (
+        config.proxy.tls_cert.as_ref()?,
+        config.proxy.tls_key.as_ref()?,
+    );
+    Some(crate::smtp::tls::acceptor(cert, key))
+}
+
+/// SIGHUP: reads the certificate and key again (a renewed certificate needs no restart). New
+/// STARTTLS handshakes use it; a file that does not load leaves the old one in place.
+fn reload_tls(config: &Config, shared: &Shared) {
+    match load_tls(config) {
+        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+        Some(Ok(acceptor)) => {
+            shared.tls.store(Some(Arc::new(acceptor)));
+            tracing::info!("SIGHUP: TLS certificate reloaded (other settings need a restart)");
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+        }
+    }
 }

@@ -154,6 +154,58 @@ fn plaintext_pipelined_after_starttls_is_dropped() {
     );
 }
 
+/// A renewed certificate is picked up on SIGHUP, without a restart; a broken one is refused
+/// and the old one stays.
+#[test]
+fn sighup_loads_a_renewed_certificate() {
+    let w = world();
+    let live = tempfile::tempdir().unwrap();
+    let renewed = tempfile::tempdir().unwrap();
+    self_signed(live.path());
+    self_signed(renewed.path());
+    let keys = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        live.path().join("cert.pem").display(),
+        live.path().join("key.pem").display()
+    );
+    let proxy = Proxy::start(w.postfix.port, &keys, "");
+    let served = || field(&client(&["served", &proxy.port.to_string()]), "sha256").to_string();
+    let of_file = |dir: &Path| {
+        let path = dir.join("cert.pem");
+        field(&client(&["file", path.to_str().unwrap()]), "sha256").to_string()
+    };
+    let first = of_file(live.path());
+    let second = of_file(renewed.path());
+    assert_ne!(first, second);
+    assert_eq!(served(), first);
+
+    let hup = |what: &str| {
+        let pid = proxy.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let seen = wait_for(Duration::from_secs(10), || proxy.log().contains(what));
+        assert!(seen, "no {what:?} after SIGHUP:\n{}", proxy.log());
+    };
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(renewed.path().join(name), live.path().join(name)).unwrap();
+    }
+    hup("TLS certificate reloaded");
+    assert_eq!(served(), second);
+
+    std::fs::write(live.path().join("cert.pem"), "not a certificate\n").unwrap();
+    hup("TLS certificate not reloaded; keeping the old one");
+    assert_eq!(
+        served(),
+        second,
+        "the old certificate stays after a failed reload"
+    );
+}
+
 fn check_config(policy: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");

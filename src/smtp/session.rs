@@ -34,8 +34,8 @@ pub struct Shared {
     pub notifier: Option<Arc<Notifier>>,
     /// Idle upstream connections for the next client session.
     pub pool: UpstreamPool,
-    /// STARTTLS is offered when set (`[proxy] tls_cert` and `tls_key`).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// STARTTLS is offered when set (`[proxy] tls_cert` and `tls_key`); SIGHUP swaps it.
+    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -52,7 +52,7 @@ impl Shared {
             quarantine,
             notifier,
             pool,
-            tls: None,
+            tls: arc_swap::ArcSwapOption::empty(),
         }
     }
 }
@@ -243,7 +243,7 @@ impl Session {
             self.reply(reply::UPSTREAM_UNAVAILABLE.as_bytes());
             return Flow::Close;
         }
-        self.offered.starttls = self.shared.tls.is_some() && !self.client.is_tls();
+        self.offered.starttls = self.shared.tls.load().is_some() && !self.client.is_tls();
         let text = if esmtp {
             self.offered
                 .ehlo_reply(&self.config().proxy.hostname, &host)
@@ -256,7 +256,7 @@ impl Session {
 
     /// STARTTLS (RFC 3207): 220, the handshake, then a fresh start that needs EHLO again.
     async fn start_tls(&mut self) -> Flow {
-        let Some(acceptor) = self.shared.tls.clone() else {
+        let Some(acceptor) = self.shared.tls.load_full() else {
             return self.refuse(reply::STARTTLS_UNSUPPORTED);
         };
         if self.client.is_tls() {

@@ -2,9 +2,12 @@
 
   starttls.py send PORT SUBJECT      smtplib: EHLO, STARTTLS, EHLO, one message, QUIT
   starttls.py pipelined PORT         raw socket: STARTTLS and NOOP in one write, then TLS
+  starttls.py served PORT            SHA-256 of the certificate the server presents
+  starttls.py file CERT.pem          SHA-256 of a PEM certificate file
 
 Prints what the server said, one `name: value` per line, for the test to check.
 """
+import hashlib
 import smtplib
 import socket
 import ssl
@@ -70,8 +73,25 @@ def pipelined(port):
     print("quit:", reply(t).strip())
 
 
+def served(port):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.starttls(context=unverified())
+        der = s.sock.getpeercert(binary_form=True)
+        print("sha256:", hashlib.sha256(der).hexdigest())
+
+
+def certfile(path):
+    der = ssl.PEM_cert_to_DER_cert(open(path).read())
+    print("sha256:", hashlib.sha256(der).hexdigest())
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "send":
-        send(int(sys.argv[2]), sys.argv[3])
+    mode, arg = sys.argv[1], sys.argv[2]
+    if mode == "send":
+        send(int(arg), sys.argv[3])
+    elif mode == "pipelined":
+        pipelined(int(arg))
+    elif mode == "served":
+        served(int(arg))
     else:
-        pipelined(int(sys.argv[2]))
+        certfile(arg)
