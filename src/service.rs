@@ -70,6 +70,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
@@ -78,7 +79,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 tracing::info!("SIGTERM: no new sessions, finishing those in flight");
                 break;
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = sigint.recv() => {
                 tracing::info!("SIGINT: no new sessions, finishing those in flight");
                 break;
             }
