@@ -15,6 +15,11 @@ pub type Shutdown = watch::Receiver<bool>;
 /// Runs the proxy and/or the milter until SIGTERM or SIGINT. `config_path` is named in alerts
 /// (the release command admins are told to run).
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    // First of all: until a handler is installed, SIGHUP (a reload) would end the process.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let config = Arc::new(config);
     let engine = Arc::new(Engine::from_config(&config).await?);
     let quarantine = Quarantine::open(&config.quarantine.dir)
@@ -68,10 +73,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         ));
     }
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sighup.recv() => reload_tls(&config, &shared),
