@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -13,7 +13,7 @@ use stormbreaker::sink::RecordingSink;
 #[path = "../postfix_support/mod.rs"]
 mod postfix_support;
 #[allow(unused_imports)] // not every test crate starts a Postfix
-pub use postfix_support::Postfix;
+pub use postfix_support::{Postfix, free_port};
 
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -31,13 +31,6 @@ pub fn sink() -> RecordingSink {
     runtime()
         .block_on(RecordingSink::start("127.0.0.1:0"))
         .expect("start recording sink")
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Polls `cond` until it holds or `limit` passes (a wait for asynchronous delivery, not a

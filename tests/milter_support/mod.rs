@@ -7,25 +7,19 @@
 #![allow(dead_code)] // each test file uses a part of this
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../postfix_support/mod.rs"]
 mod postfix_support;
+use postfix_support::set_mode;
 #[allow(unused_imports)] // not every test crate starts a Postfix
-pub use postfix_support::Postfix;
+pub use postfix_support::{Postfix, free_port};
 
 /// Liveness bound for polling; not a speed assertion.
 pub const PATIENCE: Duration = Duration::from_secs(60);
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
 
 /// Polls `check` until it returns Some, or panics naming `what` after [`PATIENCE`].
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -52,16 +46,6 @@ pub fn have_postfix() -> bool {
     .all(|p| Path::new(p).exists())
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn scratch_dir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
@@ -70,11 +54,6 @@ fn scratch_dir(prefix: &str) -> tempfile::TempDir {
     // Postfix and smtp-sink run as other users: they must traverse it.
     set_mode(dir.path(), 0o755);
     dir
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// `smtp-sink` writing each message it accepts to its own file.

@@ -161,14 +161,15 @@ impl Drop for Postfix {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now (every support module's, through this one).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
 }
 
-fn set_mode(path: &std::path::Path, mode: u32) {
+pub fn set_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }

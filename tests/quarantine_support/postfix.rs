@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 #[path = "../postfix_support/mod.rs"]
 mod postfix_support;
 #[allow(unused_imports)] // not every test crate starts a Postfix
-pub use postfix_support::Postfix;
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use postfix_support::{Postfix, free_port};
 
 /// Polls until `f` returns Some, or panics naming `what` after a generous limit (a hang guard,
 /// not a timing assertion).
