@@ -86,11 +86,16 @@ impl Sink {
     }
 
     /// Every message received so far (smtp-sink's dump: envelope lines, then the message).
+    /// smtp-sink creates a dump file at MAIL and writes it until the end of data, and a
+    /// finished dump ends with an empty line (its documented format): files without one are
+    /// still being written and are left out.
     pub fn messages(&self) -> Vec<String> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.dir.path().join("msgs")).unwrap() {
-            let path = entry.unwrap().path();
-            out.push(String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned());
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            if bytes.ends_with(b"\n\n") {
+                out.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
         }
         out
     }
