@@ -57,6 +57,9 @@ pub struct ProxyConfig {
     /// Bytes of message content (after dot-unstuffing); advertised as SIZE.
     pub max_message_size: usize,
     pub max_recipients: usize,
+    /// RCPTs past `max_recipients` get 452 4.5.3 without counting toward `max_errors` until
+    /// this many (Postfix's smtpd_recipient_overshoot_limit).
+    pub recipient_overshoot_limit: usize,
     /// A text line in DATA, CRLF included (RFC 5321 4.5.3.1.6).
     pub max_line_length: usize,
     /// A command line, CRLF included (RFC 5321 4.5.3.1.4).
@@ -91,6 +94,7 @@ impl Default for ProxyConfig {
             max_connections: 1000,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 1000,
+            recipient_overshoot_limit: 1000,
             max_line_length: 1000,
             max_command_length: 512,
             max_errors: 20,

@@ -25,6 +25,8 @@ pub const PARAM_ERROR: &str = "501 5.5.4 Syntax error in parameters or arguments
 pub const NEED_HELO: &str = "503 5.5.1 Send EHLO or HELO first\r\n";
 pub const NESTED_MAIL: &str = "503 5.5.1 Sender already specified\r\n";
 pub const NEED_MAIL: &str = "503 5.5.1 Need MAIL before RCPT\r\n";
+pub const NEED_MAIL_BEFORE_DATA: &str = "503 5.5.1 Need MAIL before DATA\r\n";
+pub const BAD_HELO: &str = "501 5.5.4 Invalid EHLO/HELO argument\r\n";
 pub const NEED_RCPT: &str = "503 5.5.1 Need RCPT before DATA\r\n";
 pub const NO_VALID_RCPT: &str = "554 5.5.1 No valid recipients\r\n";
 pub const TOO_MANY_RCPTS: &str = "452 4.5.3 Too many recipients\r\n";
@@ -35,7 +37,6 @@ pub const DATA_LINE_TOO_LONG: &str =
     "550 5.5.2 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)\r\n";
 pub const BARE_NEWLINE: &str =
     "550 5.5.2 Message contains bare CR or LF, line ends must be CRLF (RFC 5321 2.3.8)\r\n";
-pub const PIPELINING_VIOLATION: &str = "554 5.5.0 Data after end of data before our reply (pipelining violation), closing connection\r\n";
 pub const BDAT_UNSUPPORTED: &str = "502 5.5.1 CHUNKING not offered\r\n";
 pub const STARTTLS_UNSUPPORTED: &str = "502 5.5.1 STARTTLS not offered\r\n";
 pub const TLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";

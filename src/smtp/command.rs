@@ -43,6 +43,27 @@ pub fn parse(line: &[u8]) -> Result<Command, smtp_proto::Error> {
     Request::parse(&mut line.iter()).map(Request::into_owned)
 }
 
+/// The value of a MAIL command's `SIZE=` parameter, read without overflow (saturating), or
+/// None when the line is not MAIL or has no SIZE with digits.
+pub fn declared_size(line: &[u8]) -> Option<u128> {
+    if !line.get(..5)?.eq_ignore_ascii_case(b"MAIL ") {
+        return None;
+    }
+    let upper = line.to_ascii_uppercase();
+    let at = memchr::memmem::find(&upper, b" SIZE=")? + 6;
+    let digits: Vec<u8> = line[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    if digits.is_empty() {
+        return None;
+    }
+    Some(digits.iter().fold(0u128, |n, d| {
+        n.saturating_mul(10).saturating_add(u128::from(d - b'0'))
+    }))
+}
+
 /// Why a MAIL or RCPT cannot be sent upstream as asked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ParamError {
@@ -307,6 +328,22 @@ mod tests {
         assert!(rcpt_line(&to, &no_dsn).is_err());
         let (line, _) = rcpt_line(&rcpt("RCPT TO:<c@d.test>\r\n"), &no_dsn).unwrap();
         assert_eq!(line, "RCPT TO:<c@d.test>\r\n");
+    }
+
+    #[test]
+    fn declared_size_reads_any_length_without_overflow() {
+        assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE=1000\r\n"), Some(1000));
+        assert_eq!(
+            declared_size(b"mail from:<a@b> size=7 BODY=8BITMIME\r\n"),
+            Some(7)
+        );
+        let huge = declared_size(b"MAIL FROM:<a@b> SIZE=100000000000000000000000\r\n");
+        assert_eq!(huge, Some(100_000_000_000_000_000_000_000));
+        let absurd = format!("MAIL FROM:<a@b> SIZE={}\r\n", "9".repeat(60));
+        assert_eq!(declared_size(absurd.as_bytes()), Some(u128::MAX));
+        assert_eq!(declared_size(b"MAIL FROM:<a@b>\r\n"), None);
+        assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE=abc\r\n"), None);
+        assert_eq!(declared_size(b"RCPT TO:<a@b> SIZE=5\r\n"), None);
     }
 
     #[test]

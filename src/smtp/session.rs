@@ -155,6 +155,12 @@ impl Session {
                 Some(line) => line,
                 None => break,
             };
+            // smtp-proto wraps a SIZE too large for a usize around to a small number: a
+            // declared size over our limit is refused here, before parsing (RFC 1870 6.1).
+            if command::declared_size(&line).is_some_and(|n| n > self.offered.size_limit as u128) {
+                self.reply(reply::SIZE_EXCEEDED_MAIL.as_bytes());
+                continue;
+            }
             let flow = match command::parse(&line) {
                 Ok(cmd) => self.handle(cmd).await,
                 Err(e) => {
@@ -235,6 +241,11 @@ impl Session {
     }
 
     async fn hello(&mut self, host: String, esmtp: bool) -> Flow {
+        // Never echo control bytes (NUL, ESC, CR) back, nor pass them on in XCLIENT.
+        if host.is_empty() || host.chars().any(|c| c.is_control()) {
+            return self.refuse(reply::BAD_HELO);
+        }
+        let host = sanitize(&host);
         self.reset_transaction().await;
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
@@ -370,6 +381,15 @@ impl Session {
         };
         tx.rcpt_attempts += 1;
         if tx.envelope.rcpts.len() >= max {
+            // RFC 5321 4.5.3.1.10: the client sends the rest in another transaction. Like
+            // Postfix's smtpd_recipient_overshoot_limit, these 452s count as errors only past
+            // the overshoot, so a big reply-all keeps the recipients already accepted.
+            let overshoot = tx.rcpt_attempts - 1 - tx.envelope.rcpts.len();
+            if overshoot < self.config().proxy.recipient_overshoot_limit {
+                self.outbuf
+                    .extend_from_slice(reply::TOO_MANY_RCPTS.as_bytes());
+                return Flow::Continue;
+            }
             return self.refuse(reply::TOO_MANY_RCPTS);
         }
         let (line, params) = match command::rcpt_line(&to, &self.offered) {
@@ -521,6 +541,8 @@ impl Session {
                     // Drop the overlong part; the reply goes out once its line end arrives.
                     match memchr::memchr(b'\n', &self.inbuf) {
                         Some(pos) => {
+                            // The overlong line ends here: what follows is the next command.
+                            discarding = false;
                             self.inbuf.drain(..=pos);
                             self.reply(reply::LINE_TOO_LONG.as_bytes());
                             if self.too_many_errors() {

@@ -51,7 +51,7 @@ struct Receiver {
 /// Handles DATA from the 354 to the final reply.
 pub(crate) async fn data(s: &mut Session) -> Flow {
     let Some(tx) = s.tx.as_ref() else {
-        s.reply(reply::NEED_MAIL.as_bytes());
+        s.reply(reply::NEED_MAIL_BEFORE_DATA.as_bytes());
         return Flow::Continue;
     };
     if tx.envelope.rcpts.is_empty() {
@@ -97,20 +97,21 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
     };
     let mut content = Vec::with_capacity(16 * 1024);
     let started = std::time::Instant::now();
-    let violation = loop {
+    loop {
         content.clear();
         let end = decoder.decode(&s.inbuf, &mut content);
+        // Bytes after the end of data stay in the buffer: they are the client's next commands
+        // (RFC 2920 3.1 lets a client pipeline them after the final dot; Postfix and Exim send
+        // `.\r\nQUIT\r\n` in one write). They are read as commands, never as content, only
+        // after this message's reply.
         s.inbuf.drain(..end.unwrap_or(s.inbuf.len()));
-        // Bytes after the end of data before our reply: checked before anything more goes
-        // upstream, so the final dot is never sent for such a message.
-        let violation = end.is_some() && !s.inbuf.is_empty();
-        if decoder.flaws.any() || violation {
+        if decoder.flaws.any() {
             rx.abandon(s, Refusal::Flawed);
         } else {
             rx.feed(s, &content, end.is_some()).await;
         }
         if end.is_some() {
-            break violation;
+            break;
         }
         let _ = s.flush().await;
         // A deadline that grows with what arrived: a client must keep up min_data_rate.
@@ -133,15 +134,6 @@ pub(crate) async fn data(s: &mut Session) -> Flow {
             }
             return Flow::Close;
         }
-    };
-    if violation {
-        // Bytes after the end of data before our reply: a pipelining violation, and the
-        // signature of a smuggling attempt. Deliver nothing and hang up.
-        s.upstream = None;
-        s.tx = None;
-        tracing::warn!(session = %s.id, client = %s.peer, "data after end of data before reply; closing");
-        s.reply(reply::PIPELINING_VIOLATION.as_bytes());
-        return Flow::Close;
     }
     let size = decoder.size();
     let final_reply = rx.finish(s, decoder.flaws).await;
@@ -217,7 +209,7 @@ impl Receiver {
                     match tokio::task::spawn_blocking(move || q.begin()).await {
                         Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
                         failed => {
-                            tracing::error!(session = %s.id, error = ?failed.map(|r| r.err()), "cannot start a held message; client told 451");
+                            tracing::error!(session = %s.id, error = %task_error(failed.map(|r| r.err())), "cannot start a held message; client told 451");
                             Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
                         }
                     }
@@ -252,7 +244,7 @@ impl Receiver {
             self.sink = match written {
                 Ok((writer, Ok(()))) => Sink::Hold(writer),
                 failed => {
-                    tracing::error!(session = %s.id, error = ?failed.map(|(_, r)| r.err()), "cannot write a held message; client told 451");
+                    tracing::error!(session = %s.id, error = %task_error(failed.map(|(_, r)| r.err())), "cannot write a held message; client told 451");
                     Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
                 }
             };
@@ -400,10 +392,20 @@ impl Receiver {
                 format!("250 2.0.0 {id} held: reply-all storm protection, thread under review\r\n")
             }
             failed => {
-                tracing::error!(session = %s.id, error = ?failed.map(|(r, _)| r.err()), "cannot commit a held message; client told 451");
+                tracing::error!(session = %s.id, error = %task_error(failed.map(|(r, _)| r.err())), "cannot commit a held message; client told 451");
                 reply::LOCAL_ERROR.to_string()
             }
         }
+    }
+}
+
+/// The cause of a failed blocking quarantine step, for the log: the I/O error's own message
+/// (not its Debug form), or why the task did not finish.
+fn task_error<E: std::fmt::Display>(failed: Result<Option<E>, tokio::task::JoinError>) -> String {
+    match failed {
+        Ok(Some(e)) => e.to_string(),
+        Ok(None) => "unknown error".to_string(),
+        Err(e) => format!("quarantine task failed: {e}"),
     }
 }
 
