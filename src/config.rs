@@ -35,16 +35,7 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
-/// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8 forbids them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BareNewline {
-    /// Read to the end of data, then 550 5.5.2.
-    #[default]
-    Reject,
-    /// Turn each bare CR or LF into CRLF before relaying.
-    Normalize,
-}
+pub use crate::smtp::data::BareNewline;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +75,32 @@ pub struct ProxyConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// With a certificate: `starttls` (offered in EHLO, RFC 3207; ports 25 and 587) or
+    /// `implicit` (TLS from the first byte, RFC 8314; port 465).
+    pub tls: ProxyTls,
+    /// Sessions at once from one client address (Postfix's anvil allows 50); 0 turns it off.
+    pub max_connections_per_client: usize,
+}
+
+/// How clients get TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyTls {
+    #[default]
+    Starttls,
+    Implicit,
+}
+
+/// TLS on the leg to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain text: keep the upstream on loopback or a trusted network.
+    #[default]
+    None,
+    /// STARTTLS required, the certificate verified (`tls_ca`, `tls_name`): nothing is sent in
+    /// clear after EHLO, and an upstream that cannot do it is not used.
+    Starttls,
 }
 
 impl Default for ProxyConfig {
@@ -105,6 +122,8 @@ impl Default for ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             tls_cert: None,
             tls_key: None,
+            tls: ProxyTls::Starttls,
+            max_connections_per_client: 50,
         }
     }
 }
@@ -136,6 +155,12 @@ pub struct UpstreamConfig {
     /// smtp_connection_reuse_time_limit).
     #[serde(deserialize_with = "duration")]
     pub reuse_time_limit: Duration,
+    /// TLS to the upstream, for relayed mail, releases and alerts (AUTH may cross a network).
+    pub tls: UpstreamTls,
+    /// PEM CA certificates the upstream's certificate must chain to; the system's when unset.
+    pub tls_ca: Option<PathBuf>,
+    /// The name the upstream's certificate must carry; the address's host when unset.
+    pub tls_name: Option<String>,
 }
 
 /// How the proxy tells the upstream who the real client is.
@@ -200,6 +225,9 @@ impl Default for UpstreamConfig {
             pool_idle_time: Duration::from_secs(5),
             reuse_count_limit: 20,
             reuse_time_limit: Duration::from_secs(300),
+            tls: UpstreamTls::None,
+            tls_ca: None,
+            tls_name: None,
         }
     }
 }
@@ -494,11 +522,23 @@ impl Config {
     /// The STARTTLS certificate and key, when set, must load (so `check-config` finds a bad
     /// file before `run` does).
     fn check_tls(&self) -> Result<(), (String, String)> {
+        if self.upstream.tls == UpstreamTls::Starttls {
+            crate::tls::connector(self.upstream.tls_ca.as_deref())
+                .map_err(|e| ("upstream.tls_ca".to_string(), e))?;
+            crate::tls::server_name(self.upstream.tls_name.as_deref(), &self.upstream.address)
+                .map_err(|e| ("upstream.tls_name".to_string(), e))?;
+        }
+        if self.proxy.tls == ProxyTls::Implicit && self.proxy.tls_cert.is_none() {
+            return Err((
+                "proxy.tls".into(),
+                "implicit TLS needs tls_cert and tls_key".into(),
+            ));
+        }
         match (&self.proxy.tls_cert, &self.proxy.tls_key) {
             (None, None) => Ok(()),
             (Some(_), None) => Err(("proxy.tls_key".into(), "tls_cert needs tls_key".into())),
             (None, Some(_)) => Err(("proxy.tls_cert".into(), "tls_key needs tls_cert".into())),
-            (Some(cert), Some(key)) => crate::smtp::tls::acceptor(cert, key)
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key)
                 .map(drop)
                 .map_err(|e| ("proxy.tls_cert".into(), e)),
         }

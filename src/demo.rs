@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::sink::RecordingSink;
-use crate::smtp::upstream::{Timeouts, Upstream};
+use crate::smtp::client::{SmtpClient, Target, Timeouts};
 use base64::Engine as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +39,13 @@ pub async fn run() -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(&config)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let quarantine = crate::quarantine::Quarantine::open(&config.quarantine.dir)?;
-    let shared = Arc::new(crate::smtp::session::Shared::new(
+    let shared = Arc::new(crate::proxy::session::Shared::new(
         config.clone(),
         engine,
         Some(quarantine),
         None,
-    ));
-    let server = tokio::spawn(crate::smtp::server::serve(shared, listener, stop_rx));
+    )?);
+    let server = tokio::spawn(crate::proxy::server::serve(shared, listener, stop_rx));
 
     println!(
         "stormbreaker demo: proxy on {proxy_addr}, recording sink on {}",
@@ -207,7 +207,13 @@ async fn send_all(
         connect: Duration::from_secs(10),
         reply: Duration::from_secs(30),
     };
-    let mut client = Upstream::connect(&proxy.to_string(), "client.atos.demo", timeouts).await?;
+    let target = Target {
+        address: proxy.to_string(),
+        hostname: "client.atos.demo".into(),
+        timeouts,
+        tls: None,
+    };
+    let mut client = SmtpClient::connect(&target).await?;
     for m in messages {
         let r = client
             .command(format!("MAIL FROM:<{}>\r\n", m.from).as_bytes())
@@ -217,13 +223,7 @@ async fn send_all(
             .command(format!("RCPT TO:<{LIST}>\r\n").as_bytes())
             .await?;
         anyhow::ensure!(r.is_success(), "RCPT refused: {}", r.summary());
-        let r = client.command(b"DATA\r\n").await?;
-        anyhow::ensure!(r.code == 354, "DATA refused: {}", r.summary());
-        let mut wire = Vec::with_capacity(m.content.len() + 8);
-        crate::smtp::data::stuff(&m.content, &mut true, &mut wire);
-        wire.extend_from_slice(crate::smtp::data::end_of_data(m.content.ends_with(b"\r\n")));
-        client.write(&wire).await?;
-        let r = client.read_reply().await?;
+        let r = client.data(&m.content).await?;
         let text = r.summary();
         match r.code {
             250 if text.contains("held") => tally.held += 1,

@@ -14,6 +14,9 @@ pub struct Envelope {
     /// MAIL FROM parameters as sent upstream, e.g. `SIZE=2048 BODY=8BITMIME`.
     pub mail_params: String,
     pub rcpts: Vec<Recipient>,
+    /// The name the client authenticated as (SMTP AUTH), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 impl Envelope {

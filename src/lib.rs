@@ -1,7 +1,8 @@
 //! stormbreaker: an SMTP proxy and milter that stops reply-all storms.
 //!
 //! Where things are:
-//! - `smtp/`: the wire (client commands, DATA framing, upstream client) and the proxy session.
+//! - `smtp/`: the wire (client commands, DATA framing, EHLO extensions) and the SMTP client.
+//! - `proxy/`: the SMTP proxy: listener, session loop, DATA phase, upstream link.
 //! - `milter/`: the milter codec and session, for Postfix's `smtpd_milters`.
 //! - `fingerprint/`: thread and audience keys of a message (pure functions).
 //! - `breaker/`: sliding windows and circuit breakers (pure, time passed in).
@@ -20,12 +21,14 @@ pub mod fingerprint;
 pub mod logging;
 pub mod milter;
 pub mod notify;
+pub mod proxy;
 pub mod quarantine;
 pub mod reply;
 pub mod service;
 pub mod sink;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod verdict;
 
 /// Unix time in milliseconds: the clock the engine is given.

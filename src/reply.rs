@@ -2,6 +2,8 @@
 
 pub const SERVICE_UNAVAILABLE: &str = "421 4.3.2 Service shutting down, try again later\r\n";
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.7.0 Too many connections, try again later\r\n";
+pub const TOO_MANY_CONNECTIONS_FROM_CLIENT: &str =
+    "421 4.7.0 Too many connections from your host, try again later\r\n";
 pub const UPSTREAM_UNAVAILABLE: &str =
     "421 4.4.1 Upstream mail server unavailable, try again later\r\n";
 pub const TIMEOUT: &str = "421 4.4.2 Timeout waiting for input, closing connection\r\n";
@@ -25,6 +27,16 @@ pub const PARAM_ERROR: &str = "501 5.5.4 Syntax error in parameters or arguments
 pub const NEED_HELO: &str = "503 5.5.1 Send EHLO or HELO first\r\n";
 pub const NESTED_MAIL: &str = "503 5.5.1 Sender already specified\r\n";
 pub const NEED_MAIL: &str = "503 5.5.1 Need MAIL before RCPT\r\n";
+pub const UPSTREAM_UNAVAILABLE_MAIL: &str =
+    "451 4.4.1 Upstream mail server unavailable, try again later\r\n";
+pub const HELP: &str = "214 2.0.0 See RFC 5321\r\n";
+pub const BAD_SENDER: &str = "501 5.1.7 Bad sender address syntax\r\n";
+pub const BAD_RECIPIENT: &str = "501 5.1.3 Bad recipient address syntax\r\n";
+pub const AUTH_NEEDS_TLS: &str =
+    "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+pub const AUTH_ALREADY: &str = "503 5.5.1 Already authenticated\r\n";
+pub const AUTH_IN_TRANSACTION: &str = "503 5.5.1 AUTH not permitted during a mail transaction\r\n";
+pub const AUTH_MECHANISM_UNKNOWN: &str = "504 5.5.4 Unrecognized authentication type\r\n";
 pub const NEED_MAIL_BEFORE_DATA: &str = "503 5.5.1 Need MAIL before DATA\r\n";
 pub const BAD_HELO: &str = "501 5.5.4 Invalid EHLO/HELO argument\r\n";
 pub const NEED_RCPT: &str = "503 5.5.1 Need RCPT before DATA\r\n";

@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::notify::Notifier;
+use crate::proxy::session::Shared;
 use crate::quarantine::Quarantine;
-use crate::smtp::session::Shared;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -38,7 +38,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         engine.clone(),
         Some(quarantine),
         Some(notifier.clone()),
-    ));
+    )?);
     if let Some(acceptor) = load_tls(&config) {
         let acceptor = acceptor.map_err(|e| anyhow::anyhow!("proxy.tls_cert: {e}"))?;
         shared.tls.store(Some(Arc::new(acceptor)));
@@ -49,7 +49,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("proxy.listen {listen}: {e}"))?;
         tracing::info!(%listen, upstream = %config.upstream.address, "SMTP proxy listening");
-        tasks.spawn(crate::smtp::server::serve(
+        tasks.spawn(crate::proxy::server::serve(
             shared.clone(),
             listener,
             stop_rx.clone(),
@@ -109,7 +109,7 @@ fn load_tls(config: &Config) -> Option<Result<tokio_rustls::TlsAcceptor, String>
         config.proxy.tls_cert.as_ref()?,
         config.proxy.tls_key.as_ref()?,
     );
-    Some(crate::smtp::tls::acceptor(cert, key))
+    Some(crate::tls::acceptor(cert, key))
 }
 
 /// SIGHUP: reads the certificate and key again (a renewed certificate needs no restart). New

@@ -25,6 +25,7 @@ fn envelope() -> Envelope {
                 params: String::new(),
             },
         ],
+        auth: None,
     }
 }
 

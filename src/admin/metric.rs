@@ -6,6 +6,8 @@ pub const CONNECTIONS_REFUSED: &str = "stormbreaker_connections_refused_total";
 /// Label `decision`: deliver, would-hold, quarantine, reject, tempfail, refused (framing/limits).
 pub const MESSAGES: &str = "stormbreaker_messages_total";
 pub const UPSTREAM_FAILURES: &str = "stormbreaker_upstream_failures_total";
+/// Label `reason`: connect, timeout, closed, io, bad-reply, refused, tls.
+pub const UPSTREAM_CONNECT_FAILURES: &str = "stormbreaker_upstream_connect_failures_total";
 pub const UPSTREAM_CONNECTS: &str = "stormbreaker_upstream_connections_total";
 pub const UPSTREAM_REUSED: &str = "stormbreaker_upstream_reused_total";
 pub const BREAKERS_OPENED: &str = "stormbreaker_breakers_opened_total";
@@ -23,6 +25,10 @@ pub fn describe() {
     metrics::describe_counter!(
         UPSTREAM_FAILURES,
         "Upstream sessions lost or refused mid-transaction"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_CONNECT_FAILURES,
+        "Upstream connections that could not be opened or set up, by reason"
     );
     metrics::describe_counter!(UPSTREAM_CONNECTS, "Upstream connections opened");
     metrics::describe_counter!(

@@ -364,6 +364,7 @@ impl Session {
                 mail_from,
                 mail_params,
                 rcpts,
+                auth: None,
             },
             headers,
             queue_id,

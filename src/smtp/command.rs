@@ -233,6 +233,7 @@ mod tests {
             xclient: Vec::new(),
             xforward: Vec::new(),
             starttls: false,
+            auth: Vec::new(),
         }
     }
 

@@ -6,7 +6,16 @@
 //! CVE-2023-51764). Here the only end of data is a line that is exactly "." and is both preceded
 //! and terminated by a real CRLF (the DATA command's own CRLF counts for the first line).
 
-use crate::config::BareNewline;
+/// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8 forbids them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Read to the end of data, then 550 5.5.2.
+    #[default]
+    Reject,
+    /// Turn each bare CR or LF into CRLF before relaying.
+    Normalize,
+}
 
 /// What is wrong with a message's framing, found while reading it; the message is read to its
 /// real end anyway so the session stays in step.
@@ -25,6 +34,22 @@ impl DataFlaws {
         self.bare_newline || self.long_line || self.too_big
     }
 }
+
+/// The SMTP smuggling probes (SMTP-CHECKLIST line 1, CVE-2023-51764): none of these may end
+/// a message's data, so a transaction hidden after one is content, never a second message.
+pub const SMUGGLING_SEQUENCES: [&[u8]; 11] = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\r\n.\r",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\r\r\n",
+    b"\r\r\n.\r\r\n",
+];
 
 /// Decodes the bytes a client sends after `354` into message content with CRLF line ends.
 #[derive(Debug)]
@@ -285,19 +310,7 @@ mod tests {
     #[test]
     fn smuggling_sequences_never_end_data() {
         let hidden = b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\nDATA\r\nhidden\r\n";
-        for seq in [
-            &b"\n.\n"[..],
-            b"\r.\r",
-            b"\r.\n",
-            b"\n.\r",
-            b"\n.\r\n",
-            b"\r.\r\n",
-            b"\r\n.\n",
-            b"\r\n.\r",
-            b"\r\n\x00.\r\n",
-            b"\r\n.\r\r\n",
-            b"\r\r\n.\r\r\n",
-        ] {
+        for seq in SMUGGLING_SEQUENCES {
             for mode in [BareNewline::Reject, BareNewline::Normalize] {
                 let mut input = b"Subject: s\r\n\r\nbody".to_vec();
                 input.extend_from_slice(seq);

@@ -18,9 +18,11 @@ pub struct Extensions {
     pub xclient: Vec<String>,
     /// XFORWARD attributes offered (Postfix), upper case; empty when not offered.
     pub xforward: Vec<String>,
-    /// STARTTLS in our own EHLO reply: set by the session when it has a certificate and the
-    /// client is still in plain text (never taken from the upstream).
+    /// STARTTLS: in the upstream's reply, whether it offers it; in ours, set by the session
+    /// when it has a certificate and the client is still in plain text.
     pub starttls: bool,
+    /// AUTH mechanisms, upper case: the upstream's; in ours, offered only inside TLS.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -53,6 +55,8 @@ impl Extensions {
                 "DSN" => ext.dsn = true,
                 "XCLIENT" => ext.xclient = args(),
                 "XFORWARD" => ext.xforward = args(),
+                "STARTTLS" => ext.starttls = true,
+                "AUTH" => ext.auth = args(),
                 _ => {}
             }
         }
@@ -78,6 +82,9 @@ impl Extensions {
             xclient: Vec::new(),
             xforward: Vec::new(),
             starttls: false,
+            // Relayed to the upstream, which checks the credentials; the session offers them
+            // only inside TLS.
+            auth: upstream.auth.clone(),
         }
     }
 
@@ -102,6 +109,9 @@ impl Extensions {
         }
         if self.starttls {
             lines.push("STARTTLS".into());
+        }
+        if !self.auth.is_empty() {
+            lines.push(format!("AUTH {}", self.auth.join(" ")));
         }
         let last = lines.len() - 1;
         lines
@@ -147,6 +157,19 @@ mod tests {
         let ours = Extensions::offered_to_clients(&bare, 1000);
         let reply = ours.ehlo_reply("sb.test", "c");
         assert_eq!(reply, "250-sb.test Hello c\r\n250 SIZE 1000\r\n");
+    }
+
+    #[test]
+    fn auth_mechanisms_are_read_and_offered_as_given() {
+        let upstream =
+            Extensions::from_ehlo_reply(b"250-mx\r\n250-AUTH PLAIN login\r\n250 STARTTLS\r\n");
+        assert_eq!(upstream.auth, ["PLAIN", "LOGIN"]);
+        assert!(upstream.starttls);
+        let ours = Extensions::offered_to_clients(&upstream, 1000);
+        assert!(
+            ours.ehlo_reply("sb.test", "c")
+                .ends_with("250 AUTH PLAIN LOGIN\r\n")
+        );
     }
 
     #[test]

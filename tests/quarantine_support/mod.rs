@@ -34,6 +34,7 @@ pub fn envelope() -> Envelope {
                 params: String::new(),
             },
         ],
+        auth: None,
     }
 }
 

@@ -1,53 +1,23 @@
-//! STARTTLS on the client side (RFC 3207): the server certificate from the policy file, and the
-//! client stream, which starts in plain text and may turn into TLS once.
+//! The client's stream: plain until STARTTLS (RFC 3207), or TLS from the first byte
+//! (`[proxy] tls = "implicit"`, port 465, RFC 8314), and TLS at most once.
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 
-/// Loads `cert` (PEM, the chain leaf first) and `key` (PEM, PKCS#8, PKCS#1 or SEC1) into an
-/// acceptor. The error names the file and what is wrong with it.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", cert.display()));
-    }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-        .map_err(|e| {
-            format!(
-                "{} and {} do not make a usable certificate: {e}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The client's connection: plain until STARTTLS, then TLS.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the handshake owns the socket.
+/// The client's connection over any byte stream `S` (TCP in production, an in-memory duplex
+/// in unit tests).
+pub enum ClientStream<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
+    /// Only while the handshake owns the stream.
     Gone,
 }
 
-impl ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
     }
@@ -68,10 +38,10 @@ impl ClientStream {
     /// Runs the TLS handshake on a plain stream. On failure the stream is gone: the session
     /// must end.
     pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
-        let ClientStream::Plain(tcp) = std::mem::replace(self, ClientStream::Gone) else {
+        let ClientStream::Plain(plain) = std::mem::replace(self, ClientStream::Gone) else {
             return Err(io::Error::other("TLS is already active"));
         };
-        let tls = acceptor.accept(tcp).await?;
+        let tls = acceptor.accept(plain).await?;
         *self = ClientStream::Tls(Box::new(tls));
         Ok(())
     }
@@ -84,7 +54,7 @@ fn gone() -> io::Error {
     )
 }
 
-impl AsyncRead for ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,7 +68,7 @@ impl AsyncRead for ClientStream {
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

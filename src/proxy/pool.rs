@@ -7,7 +7,7 @@
 //! a client it does not trust).
 
 use crate::config::UpstreamConfig;
-use crate::smtp::upstream::Upstream;
+use crate::smtp::client::SmtpClient;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,13 +30,13 @@ impl PoolLimits {
         }
     }
 
-    fn may_carry_more(&self, up: &Upstream) -> bool {
+    fn may_carry_more(&self, up: &SmtpClient) -> bool {
         up.transactions < self.count_limit && up.opened.elapsed() < self.time_limit
     }
 }
 
 struct Idle {
-    up: Upstream,
+    up: SmtpClient,
     since: Instant,
 }
 
@@ -55,7 +55,7 @@ impl UpstreamPool {
 
     /// The most recently used idle connection that still looks open. Stale ones are dropped
     /// (closed) on the way: the upstream already closed them or is about to.
-    pub fn take(&self) -> Option<Upstream> {
+    pub fn take(&self) -> Option<SmtpClient> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < self.limits.idle_time && entry.up.looks_open() {
@@ -67,7 +67,7 @@ impl UpstreamPool {
 
     /// Keeps `up` for reuse, or hands it back when the pool is full or `up` has carried enough;
     /// the caller then says QUIT.
-    pub fn put(&self, up: Upstream) -> Option<Upstream> {
+    pub fn put(&self, up: SmtpClient) -> Option<SmtpClient> {
         if !self.limits.may_carry_more(&up) {
             return Some(up);
         }
@@ -83,7 +83,7 @@ impl UpstreamPool {
     }
 
     /// Removes the connections idle longer than `pool_idle_time`, for the caller to QUIT.
-    pub fn expired(&self) -> Vec<Upstream> {
+    pub fn expired(&self) -> Vec<SmtpClient> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let (old, fresh): (Vec<Idle>, Vec<Idle>) = idle
             .drain(..)
@@ -94,7 +94,7 @@ impl UpstreamPool {
 
     /// Says QUIT on every idle connection (shutdown).
     pub async fn close_all(&self) {
-        let all: Vec<Upstream> = {
+        let all: Vec<SmtpClient> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.drain(..).map(|e| e.up).collect()
         };
@@ -123,15 +123,15 @@ impl UpstreamPool {
 }
 
 /// Says QUIT on every connection at once.
-async fn quit_all(ups: Vec<Upstream>) {
-    let mut quits: tokio::task::JoinSet<()> = ups.into_iter().map(Upstream::quit).collect();
+async fn quit_all(ups: Vec<SmtpClient>) {
+    let mut quits: tokio::task::JoinSet<()> = ups.into_iter().map(SmtpClient::quit).collect();
     while quits.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::upstream::Timeouts;
+    use crate::smtp::client::{Target, Timeouts};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
@@ -163,12 +163,18 @@ mod tests {
         addr
     }
 
-    async fn connect(addr: &str) -> Upstream {
+    async fn connect(addr: &str) -> SmtpClient {
         let t = Timeouts {
             connect: Duration::from_secs(5),
             reply: Duration::from_secs(5),
         };
-        Upstream::connect(addr, "test", t).await.unwrap()
+        let target = Target {
+            address: addr.to_string(),
+            hostname: "test".into(),
+            timeouts: t,
+            tls: None,
+        };
+        SmtpClient::connect(&target).await.unwrap()
     }
 
     fn limits() -> PoolLimits {

@@ -1,0 +1,366 @@
+//! The proxy's link to the upstream MTA for one client session: the only code that can send a
+//! message's final dot, and the only code that abandons an upstream transaction.
+//!
+//! Invariant (nothing lost, nothing half-delivered): once DATA went upstream, the way out
+//! without delivering is dropping the connection before the final dot; `finish` is the one
+//! place the dot is written, and only for a message the caller decided to deliver.
+
+use crate::proxy::pool::UpstreamPool;
+use crate::smtp::client::{ClientError, ClientIdentity, Reply, SmtpClient, Target};
+use crate::smtp::data;
+use crate::smtp::extensions::Extensions;
+
+/// Where the upstream transaction stands with respect to DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No DATA sent: commands may go upstream.
+    Commands,
+    /// DATA sent before the verdict (most mail cannot be held); its 354 not read yet.
+    DataSent,
+    /// The upstream said 354: content goes upstream, dot-stuffed.
+    Content,
+}
+
+pub struct UpstreamLink {
+    conn: Option<SmtpClient>,
+    /// The connection came from the pool (the upstream may have closed it while idle).
+    from_pool: bool,
+    /// The upstream session knows the real client (XCLIENT) or has authenticated it: it may
+    /// not serve another client session.
+    personal: bool,
+    /// XCLIENT was sent on this connection (whatever the answer).
+    xclient_tried: bool,
+    /// ... and the upstream took it: it knows the real client.
+    xclient_passed: bool,
+    /// The client's AUTH exchange, replayed on a new connection.
+    auth_lines: Vec<Vec<u8>>,
+    /// This connection is authenticated as the client.
+    authenticated: bool,
+    stage: Stage,
+    /// Dot-stuffing state of the content sent so far.
+    at_line_start: bool,
+    ends_with_crlf: bool,
+    wire: Vec<u8>,
+}
+
+impl Default for UpstreamLink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UpstreamLink {
+    pub fn new() -> Self {
+        UpstreamLink {
+            conn: None,
+            from_pool: false,
+            personal: false,
+            xclient_tried: false,
+            xclient_passed: false,
+            auth_lines: Vec::new(),
+            authenticated: false,
+            stage: Stage::Commands,
+            at_line_start: true,
+            ends_with_crlf: true,
+            wire: Vec::new(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// What the upstream offers (after XCLIENT, as the real client sees it).
+    pub fn extensions(&self) -> Option<&Extensions> {
+        self.conn.as_ref().map(|c| &c.extensions)
+    }
+
+    /// The upstream already knows the real client (XCLIENT): XFORWARD is not needed.
+    pub fn knows_client(&self) -> bool {
+        self.xclient_passed
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.conn.as_ref().is_some_and(SmtpClient::is_tls)
+    }
+
+    /// Makes sure there is a connection, from the pool or new, and with `xclient` set, that
+    /// it knows the real client (XCLIENT, then EHLO as the client).
+    pub async fn open(
+        &mut self,
+        target: &Target,
+        pool: &UpstreamPool,
+        xclient: Option<&ClientIdentity>,
+    ) -> Result<(), ClientError> {
+        if self.conn.is_none() {
+            self.connect(target, pool).await?;
+        }
+        if let (Some(identity), false) = (xclient, self.xclient_tried)
+            && let Some(conn) = self.conn.as_mut()
+        {
+            // Tried once per connection: an upstream that refuses it is not asked again.
+            self.xclient_tried = true;
+            match conn.pass_client_xclient(identity).await {
+                Ok(passed) => {
+                    self.xclient_passed = passed;
+                    self.personal |= passed;
+                }
+                Err(e) => {
+                    self.drop_connection();
+                    return Err(e);
+                }
+            }
+        }
+        if !self.auth_lines.is_empty() && !self.authenticated {
+            self.replay_auth().await?;
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self, target: &Target, pool: &UpstreamPool) -> Result<(), ClientError> {
+        let (conn, from_pool) = match pool.take() {
+            Some(conn) => {
+                metrics::counter!(crate::admin::metric::UPSTREAM_REUSED).increment(1);
+                (conn, true)
+            }
+            None => {
+                metrics::counter!(crate::admin::metric::UPSTREAM_CONNECTS).increment(1);
+                (SmtpClient::connect(target).await?, false)
+            }
+        };
+        self.conn = Some(conn);
+        self.from_pool = from_pool;
+        self.xclient_tried = false;
+        self.xclient_passed = false;
+        self.authenticated = false;
+        self.personal = false;
+        self.stage = Stage::Commands;
+        Ok(())
+    }
+
+    /// MAIL (with XFORWARD for `xforward` when offered). A connection that waited idle (in
+    /// the pool, or after an earlier transaction) may have been closed by the upstream
+    /// meanwhile: then, as nothing was accepted yet, MAIL goes once more on a fresh one.
+    pub async fn mail(
+        &mut self,
+        target: &Target,
+        pool: &UpstreamPool,
+        xclient: Option<&ClientIdentity>,
+        xforward: Option<&ClientIdentity>,
+        line: &[u8],
+    ) -> Result<Reply, ClientError> {
+        let mut retried = false;
+        loop {
+            self.open(target, pool, xclient).await?;
+            let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;
+            let waited = conn.transactions > 0 || self.from_pool;
+            let result = conn.mail(xforward, line).await;
+            let stale = match &result {
+                Ok(r) => r.code == 421,
+                Err(e) => !matches!(e, ClientError::Timeout(_)),
+            };
+            if !(stale && waited) || retried {
+                if stale {
+                    self.conn = None;
+                }
+                return result;
+            }
+            tracing::debug!("idle upstream connection was closed; reconnecting");
+            retried = true;
+            self.conn = None;
+        }
+    }
+
+    /// One command in lockstep (RCPT, RSET, AUTH and its responses). A connection that fails
+    /// is dropped.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, ClientError> {
+        if self.stage != Stage::Commands {
+            // A command now would be message content: never.
+            self.conn = None;
+            self.stage = Stage::Commands;
+            return Err(ClientError::Closed);
+        }
+        let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;
+        let result = conn.command(line).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// The client authenticates through this connection: it is never reused.
+    pub fn mark_personal(&mut self) {
+        self.personal = true;
+    }
+
+    /// The client authenticated with these lines (AUTH and its responses): a connection opened
+    /// later in the session (after one was dropped to abandon a message) authenticates the same
+    /// way, so the client's next transaction is not refused for want of it.
+    pub fn authenticated_with(&mut self, lines: Vec<Vec<u8>>) {
+        self.auth_lines = lines;
+        self.authenticated = true;
+        self.personal = true;
+    }
+
+    async fn replay_auth(&mut self) -> Result<(), ClientError> {
+        self.personal = true;
+        let lines = std::mem::take(&mut self.auth_lines);
+        let mut result = Ok(());
+        for (i, line) in lines.iter().enumerate() {
+            let last = i + 1 == lines.len();
+            match self.command(line).await {
+                Ok(r) if (last && r.code == 235) || (!last && r.code == 334) => {}
+                Ok(r) => {
+                    // A mechanism with a fresh challenge (CRAM-MD5, SCRAM) cannot be replayed:
+                    // the upstream then refuses what needs authentication, and says so.
+                    tracing::warn!(reply = %r.summary(), "upstream refused the replayed AUTH");
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.authenticated = result.is_ok();
+        self.auth_lines = lines;
+        result
+    }
+
+    /// Sends DATA without waiting for its 354 (read by `start_content`): for a message that
+    /// cannot be held, the 354 then comes back while the client sends content.
+    pub async fn send_data_early(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        match conn.write(b"DATA\r\n").await {
+            Ok(()) => self.stage = Stage::DataSent,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream lost at DATA");
+                self.conn = None;
+            }
+        }
+    }
+
+    /// DATA (or the 354 of an early DATA): Ok(None) when content may follow, Ok(Some(reply))
+    /// when the upstream refused DATA.
+    pub async fn start_content(&mut self) -> Result<Option<Reply>, ClientError> {
+        let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;
+        let result = match self.stage {
+            Stage::DataSent => conn.read_reply().await,
+            Stage::Commands => conn.command(b"DATA\r\n").await,
+            Stage::Content => return Ok(None),
+        };
+        match result {
+            Ok(r) if r.code == 354 => {
+                self.stage = Stage::Content;
+                self.at_line_start = true;
+                self.ends_with_crlf = true;
+                Ok(None)
+            }
+            Ok(r) => {
+                self.stage = Stage::Commands;
+                Ok(Some(r))
+            }
+            Err(e) => {
+                self.drop_connection();
+                Err(e)
+            }
+        }
+    }
+
+    /// Message content (unstuffed), relayed dot-stuffed.
+    pub async fn send_content(&mut self, content: &[u8]) -> Result<(), ClientError> {
+        if content.is_empty() {
+            return Ok(());
+        }
+        self.stuff(content);
+        self.write_wire().await
+    }
+
+    /// The last content and the final dot in one write, then the upstream's reply. A reply
+    /// that is not final (1xx, 3xx) drops the connection and is returned for the caller to
+    /// refuse.
+    pub async fn finish(&mut self, last: &[u8]) -> Result<Reply, ClientError> {
+        if self.stage != Stage::Content {
+            self.drop_connection();
+            return Err(ClientError::Closed);
+        }
+        self.stuff(last);
+        self.wire
+            .extend_from_slice(data::end_of_data(self.ends_with_crlf));
+        self.write_wire().await?;
+        self.stage = Stage::Commands;
+        let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;
+        match conn.read_reply().await {
+            Ok(r) if r.code < 200 || (300..400).contains(&r.code) => {
+                self.conn = None;
+                Ok(r)
+            }
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn stuff(&mut self, content: &[u8]) {
+        if !content.is_empty() {
+            self.ends_with_crlf = content.ends_with(b"\r\n");
+        }
+        data::stuff(content, &mut self.at_line_start, &mut self.wire);
+    }
+
+    async fn write_wire(&mut self) -> Result<(), ClientError> {
+        let result = match self.conn.as_mut() {
+            Some(conn) => conn.write(&self.wire).await,
+            None => Err(ClientError::Closed),
+        };
+        self.wire.clear();
+        if result.is_err() {
+            self.drop_connection();
+        }
+        result
+    }
+
+    /// Abandons DATA: an upstream that may be reading content is dropped, so it can never see
+    /// a final dot. Before DATA this does nothing (`reset` ends the transaction).
+    pub fn abandon_data(&mut self) {
+        if self.stage != Stage::Commands {
+            self.drop_connection();
+        }
+    }
+
+    /// Ends the upstream's transaction, keeping the session: RSET, or dropping the connection
+    /// when inside DATA or when RSET fails.
+    pub async fn reset(&mut self) {
+        self.abandon_data();
+        if let Some(conn) = self.conn.as_mut() {
+            match conn.command(b"RSET\r\n").await {
+                Ok(r) if r.is_success() => {}
+                _ => self.conn = None,
+            }
+        }
+    }
+
+    /// The upstream failed: forget the connection (dropping it abandons any transaction).
+    pub fn drop_connection(&mut self) {
+        self.conn = None;
+        self.stage = Stage::Commands;
+        self.wire.clear();
+    }
+
+    /// At the end of the client session: the connection goes back to the pool when it
+    /// carries no client identity and no transaction, else QUIT.
+    pub async fn close(mut self, pool: &UpstreamPool, in_transaction: bool, draining: bool) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let reusable = !self.personal && !in_transaction && !draining;
+        let unkept = if reusable { pool.put(conn) } else { Some(conn) };
+        if let Some(conn) = unkept {
+            conn.quit().await;
+        }
+    }
+}
