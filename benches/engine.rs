@@ -24,7 +24,7 @@ const THREADS: usize = 10_000;
 
 fn engine(policy: &str) -> Engine {
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\n{policy}\n\
+        "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n[policy]\n{policy}\n\
          [[lists]]\naddress = \"all@corp.test\"\nmembers = 91053\n"
     );
     Engine::new(&Config::parse(&text, Path::new("bench.toml")).unwrap()).unwrap()

@@ -136,7 +136,14 @@ impl Engine {
 
     /// The audience when the message is wide and neither sender nor list is exempt.
     fn wide_audience(&self, envelope: &Envelope) -> Option<Audience> {
-        if self.is_exempt_sender(&envelope.mail_from) {
+        // exempt_senders may name the envelope sender or the name the client authenticated
+        // as (SMTP AUTH on the submission port).
+        if self.is_exempt_sender(&envelope.mail_from)
+            || envelope
+                .auth
+                .as_deref()
+                .is_some_and(|name| self.is_exempt_sender(name))
+        {
             return None;
         }
         let audience = fingerprint::audience(&envelope.rcpts, &self.lists);
@@ -437,7 +444,7 @@ mod tests {
 
     fn config(extra: &str) -> Config {
         let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[notify]\nfrom = \"storm@corp.test\"\n{extra}\n\
+            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n[notify]\nfrom = \"storm@corp.test\"\n{extra}\n\
              [[lists]]\naddress = \"all@corp.test\"\nmembers = 91053\n\
              [[lists]]\naddress = \"announce@corp.test\"\nmembers = 91053\nexempt = true\n\
              [[lists]]\naddress = \"eng@corp.test\"\nmembers = 3000\ntrip_replies = 3\naction = \"reject\"\n"
@@ -510,6 +517,18 @@ mod tests {
             )
             .await;
         assert_eq!(v, Verdict::DELIVER);
+        // The name a submission client authenticated as counts too.
+        let mut by_login = Envelope::to("someone@corp.test", &["all@corp.test"]);
+        by_login.auth = Some("ceo@corp.test".into());
+        let v = engine
+            .decide(&by_login, reply(2).as_bytes(), T0 + 13 * MIN)
+            .await;
+        assert_eq!(v, Verdict::DELIVER);
+        by_login.auth = Some("intern".into());
+        let v = engine
+            .decide(&by_login, reply(3).as_bytes(), T0 + 13 * MIN)
+            .await;
+        assert_eq!(v.action, Action::Quarantine);
         let v = storm(&engine, "announce@corp.test", 30).await;
         assert!(v.iter().all(|v| *v == Verdict::DELIVER));
     }
@@ -658,15 +677,14 @@ mod tests {
             ),
         ] {
             let text = format!(
-                "[proxy]\nlisten = \"127.0.0.1:2525\"\n[[lists]]\naddress = \"a@b\"\nmembers = 1\n\
+                "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n[[lists]]\naddress = \"a@b\"\nmembers = 1\n\
                  [[lists]]\naddress = \"c@d\"\nmembers = 1\n[[lists]]\naddress = \"e@f\"\nmembers = 1\n{extra}\n"
             );
             let err = Config::parse(&text, Path::new("t.toml")).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{extra}: {err}");
         }
         // Turning the fast trip off makes fast_senders irrelevant.
-        let ok =
-            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nfast_audience = 0\nfast_senders = 0\n";
+        let ok = "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n[policy]\nfast_audience = 0\nfast_senders = 0\n";
         assert!(Config::parse(ok, Path::new("t.toml")).is_ok());
     }
 

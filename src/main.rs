@@ -23,10 +23,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a policy file: exit 0, or exit 2 naming the file, line and key at fault.
+    /// Validate a policy file and what it names (lists file, quarantine folder, certificates,
+    /// socket folders): exit 0, or exit 2 naming the file, line and key at fault.
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// The effective configuration, every default filled in (like `postconf`).
+    Config {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// See, trip or reset breakers in a running stormbreaker (through `[admin] listen`).
     Breaker {
@@ -45,6 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: stormbreaker::quarantine::cli::Command,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration as TOML.
+    Dump,
 }
 
 #[derive(Subcommand)]
@@ -144,14 +158,34 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
+        Command::CheckConfig { config: path } => match load(&path) {
+            Ok(config) => match config.check_files(&path) {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stormbreaker: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Err(code) => code,
         },
-        Command::Run { config: path } => match load(&path) {
+        Command::Config { config, command } => match load_required(config.as_deref(), "config") {
+            Ok(config) => match command {
+                ConfigCommand::Dump => {
+                    print!("{}", config.dump());
+                    ExitCode::SUCCESS
+                }
+            },
+            Err(code) => code,
+        },
+        Command::Run { config: path } => match load(&path).and_then(|c| {
+            c.check_files(&path).map(|()| c).map_err(|e| {
+                eprintln!("stormbreaker: {e}");
+                ExitCode::from(2)
+            })
+        }) {
             Ok(config) => {
                 stormbreaker::logging::init(&config.log);
                 let result = runtime().block_on(stormbreaker::service::run(config, &path));

@@ -248,7 +248,7 @@ fn every_corpus_reply_is_recognised_as_a_reply() {
 fn replay(policy: &str) -> Vec<(PathBuf, Verdict)> {
     let config = Config::parse(
         &format!(
-            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\n{policy}\n\
+            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n[policy]\n{policy}\n\
              [[lists]]\naddress = \"notmuch@notmuchmail.org\"\nmembers = 5000\n"
         ),
         Path::new("corpus.toml"),

@@ -16,7 +16,7 @@ const HOUR: u64 = 60 * MIN;
 
 fn engine(extra: &str) -> Engine {
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:2525\"\n{extra}\n\
+        "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n{extra}\n\
          [[lists]]\naddress = \"all@atos.test\"\nmembers = 91053\n\
          [[lists]]\naddress = \"everyone@nhs.test\"\nmembers = 840000\n\
          [[lists]]\naddress = \"all@corp.test\"\nmembers = 12000\n"

@@ -7,7 +7,7 @@
 //! and terminated by a real CRLF (the DATA command's own CRLF counts for the first line).
 
 /// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8 forbids them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BareNewline {
     /// Read to the end of data, then 550 5.5.2.

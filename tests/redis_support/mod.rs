@@ -142,7 +142,7 @@ pub fn config(redis: Option<(&str, &str)>, extra: &str) -> Config {
         None => String::new(),
     };
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:2525\"\n{state}{extra}\n\
+        "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n{state}{extra}\n\
          [[lists]]\naddress = \"all@atos.test\"\nmembers = 91053\n"
     );
     Config::parse(&text, Path::new("redis-test.toml")).expect("test config")

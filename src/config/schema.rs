@@ -1,16 +1,14 @@
-//! The TOML policy file: one place that turns text into runtime values.
-//!
-//! Every section denies unknown keys, and every error names the file, the line and the key at
-//! fault, so `stormbreaker check-config` can point an administrator at the exact spot.
+//! The policy file's schema: every section and key, with its default. Sections deny unknown
+//! keys. Durations are written like "60m", "6h", "14d".
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole configuration. Sections of later features are accepted and validated already.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -37,7 +35,7 @@ pub struct Config {
 
 pub use crate::smtp::data::BareNewline;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address the SMTP proxy listens on; absent means no proxy (milter only).
@@ -60,16 +58,16 @@ pub struct ProxyConfig {
     pub bare_newline: BareNewline,
     /// The client's next command must arrive whole within this: a deadline, not an idle timer,
     /// so a client trickling a byte at a time is cut off too (RFC 5321 4.5.3.2.7: 5 minutes).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub command_timeout: Duration,
     /// DATA must arrive within this plus what `min_data_rate` earns (RFC 5321 4.5.3.2.6).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub data_timeout: Duration,
     /// Bytes per second a client must sustain in DATA beyond `data_timeout` (Postfix's
     /// smtpd_min_data_rate).
     pub min_data_rate: u64,
     /// On SIGTERM, how long sessions in flight may take before they get 421.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     /// PEM certificate chain (leaf first) for STARTTLS; with `tls_key`, STARTTLS is offered.
     pub tls_cert: Option<PathBuf>,
@@ -83,7 +81,7 @@ pub struct ProxyConfig {
 }
 
 /// How clients get TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyTls {
     #[default]
@@ -92,7 +90,7 @@ pub enum ProxyTls {
 }
 
 /// TLS on the leg to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     /// Plain text: keep the upstream on loopback or a trusted network.
@@ -128,32 +126,32 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// The MTA every accepted message goes to (host:port).
     pub address: String,
     /// How the real client address and HELO reach the upstream (see [`PassClient`]).
     pub pass_client: PassClient,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
     /// Waiting for any upstream reply. Kept well under the 10 minutes a client waits after its
     /// final dot (RFC 5321 4.5.3.2.6), and under Postfix's 100 s smtpd_proxy_timeout.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub reply_timeout: Duration,
     /// Idle upstream connections kept for the next client session; 0 turns reuse off. Only
     /// connections that carry no client identity are reused (never after XCLIENT).
     pub pool_size: usize,
     /// An idle connection is closed (QUIT) after this long unused (Postfix's
     /// smtp_connection_cache_time_limit is 2s; MTAs time idle sessions out after minutes).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub pool_idle_time: Duration,
     /// Transactions one upstream connection carries before it is closed; 20 matches
     /// Exchange's MaxMessagesPerConnection default.
     pub reuse_count_limit: u32,
     /// Age after which an upstream connection is not reused (Postfix's
     /// smtp_connection_reuse_time_limit).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub reuse_time_limit: Duration,
     /// TLS to the upstream, for relayed mail, releases and alerts (AUTH may cross a network).
     pub tls: UpstreamTls,
@@ -184,6 +182,16 @@ impl PassClient {
 
     pub fn xforward(self) -> bool {
         self != PassClient::Off
+    }
+}
+
+impl Serialize for PassClient {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PassClient::Xclient => s.serialize_bool(true),
+            PassClient::Xforward => s.serialize_str("xforward"),
+            PassClient::Off => s.serialize_bool(false),
+        }
     }
 }
 
@@ -232,12 +240,12 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuarantineConfig {
     pub dir: PathBuf,
     /// Held messages older than this are purged (and the purge logged).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub retention: Duration,
 }
 
@@ -251,7 +259,7 @@ impl Default for QuarantineConfig {
 }
 
 /// What happens to a message a breaker holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HoldAction {
     /// Keep it on disk, releasable; the client hears 250.
@@ -265,27 +273,27 @@ pub enum HoldAction {
     Log,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// A message is wide when its weighted fan-out reaches this many people.
     pub wide_audience: u64,
     /// Wide replies in one thread within `window` that open its breaker.
     pub trip_replies: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub window: Duration,
     /// How long an open breaker holds replies.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub block_for: Duration,
     /// A breaker that re-opens doubles its block, up to this.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub max_block: Duration,
     pub action: HoldAction,
     /// Faster trip for very large audiences: this many distinct senders within `fast_window`
     /// to an audience of at least `fast_audience` opens the breaker. 0 turns it off.
     pub fast_audience: u64,
     pub fast_senders: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub fast_window: Duration,
     /// "Me too" storms: new (non-reply) wide messages with the same normalised subject to the
     /// same audience. 0 turns it off.
@@ -319,7 +327,7 @@ impl Default for PolicyConfig {
 }
 
 /// A declared distribution list: one RCPT that the MTA expands into `members` people.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListConfig {
     pub address: String,
@@ -332,9 +340,19 @@ pub struct ListConfig {
     pub wide_audience: Option<u64>,
     #[serde(default)]
     pub trip_replies: Option<u32>,
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub window: Option<Duration>,
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub block_for: Option<Duration>,
     #[serde(default)]
     pub action: Option<HoldAction>,
@@ -344,7 +362,7 @@ pub struct ListConfig {
     pub me_too_messages: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// Who gets the alert when a breaker opens; empty means no alert mail.
@@ -352,7 +370,7 @@ pub struct NotifyConfig {
     /// Envelope and header sender of alerts and notices; always exempt from every breaker.
     pub from: String,
     /// At most one update per breaker per interval while it stays open.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub interval: Duration,
     /// Tell each held sender once per breaker what happened.
     pub notify_senders: bool,
@@ -369,7 +387,7 @@ impl Default for NotifyConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StateBackend {
     #[default]
@@ -378,7 +396,7 @@ pub enum StateBackend {
 }
 
 /// When the shared state store does not answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StateFallback {
     /// Decide with the in-process counters; mail keeps flowing.
@@ -388,13 +406,13 @@ pub enum StateFallback {
     Tempfail,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub backend: StateBackend,
     pub url: Option<String>,
     pub prefix: String,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
     pub on_unavailable: StateFallback,
 }
@@ -411,7 +429,7 @@ impl Default for StateConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MilterConfig {
     /// `host:port` or a unix socket path; absent means no milter.
@@ -420,7 +438,7 @@ pub struct MilterConfig {
     pub trace_header: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -428,7 +446,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -445,230 +463,11 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Prometheus metrics on http://LISTEN/metrics; absent means none.
     pub listen: Option<SocketAddr>,
-}
-
-/// A configuration error, pointing at the file, line and key at fault.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl Config {
-    /// Reads and validates a policy file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Parses policy text; `path` only names the file in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let at = |span: Option<std::ops::Range<usize>>| span.map(|s| line_of(text, s.start));
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: at(e.span()),
-            key: None,
-            message: e.message().trim().to_string(),
-        })?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError {
-                file: path.to_path_buf(),
-                line: at(inner.span()),
-                key: (key != ".").then_some(key),
-                message: inner.message().trim().to_string(),
-            }
-        })?;
-        config
-            .validate()
-            .and_then(|()| config.check_tls())
-            .map_err(|(key, message)| ConfigError {
-                file: path.to_path_buf(),
-                line: find_key_line(text, &key),
-                key: Some(key),
-                message,
-            })?;
-        Ok(config)
-    }
-
-    /// The STARTTLS certificate and key, when set, must load (so `check-config` finds a bad
-    /// file before `run` does).
-    fn check_tls(&self) -> Result<(), (String, String)> {
-        if self.upstream.tls == UpstreamTls::Starttls {
-            crate::tls::connector(self.upstream.tls_ca.as_deref())
-                .map_err(|e| ("upstream.tls_ca".to_string(), e))?;
-            crate::tls::server_name(self.upstream.tls_name.as_deref(), &self.upstream.address)
-                .map_err(|e| ("upstream.tls_name".to_string(), e))?;
-        }
-        if self.proxy.tls == ProxyTls::Implicit && self.proxy.tls_cert.is_none() {
-            return Err((
-                "proxy.tls".into(),
-                "implicit TLS needs tls_cert and tls_key".into(),
-            ));
-        }
-        match (&self.proxy.tls_cert, &self.proxy.tls_key) {
-            (None, None) => Ok(()),
-            (Some(_), None) => Err(("proxy.tls_key".into(), "tls_cert needs tls_key".into())),
-            (None, Some(_)) => Err(("proxy.tls_cert".into(), "tls_key needs tls_cert".into())),
-            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key)
-                .map(drop)
-                .map_err(|e| ("proxy.tls_cert".into(), e)),
-        }
-    }
-
-    /// Checks that need more than one value's type.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
-        if self.proxy.listen.is_none() && self.milter.listen.is_none() {
-            return fail(
-                "proxy.listen",
-                "nothing to listen on: set [proxy] listen, [milter] listen, or both",
-            );
-        }
-        if self.proxy.hostname.is_empty() || self.proxy.hostname.contains(char::is_whitespace) {
-            return fail("proxy.hostname", "must be a host name without spaces");
-        }
-        if self.proxy.max_line_length < 80 {
-            return fail("proxy.max_line_length", "must be at least 80 octets");
-        }
-        if self.proxy.max_command_length < 512 {
-            return fail(
-                "proxy.max_command_length",
-                "must be at least 512 octets (RFC 5321 4.5.3.1.4)",
-            );
-        }
-        if self.proxy.max_recipients < 100 {
-            return fail(
-                "proxy.max_recipients",
-                "must be at least 100 (RFC 5321 4.5.3.1.8)",
-            );
-        }
-        for (key, value) in [
-            ("proxy.max_connections", self.proxy.max_connections),
-            ("proxy.max_message_size", self.proxy.max_message_size),
-            ("proxy.max_errors", self.proxy.max_errors),
-            ("policy.max_threads", self.policy.max_threads),
-            ("proxy.min_data_rate", self.proxy.min_data_rate as usize),
-            (
-                "upstream.reuse_count_limit",
-                self.upstream.reuse_count_limit as usize,
-            ),
-        ] {
-            if value == 0 {
-                return fail(key, "must be greater than 0");
-            }
-        }
-        if self.proxy.listen.is_some() && self.upstream.address.parse::<SocketAddr>().is_err() {
-            return fail(
-                "upstream.address",
-                "must be an IP address and port, e.g. \"127.0.0.1:10025\"",
-            );
-        }
-        if self.policy.trip_replies == 0 {
-            return fail("policy.trip_replies", "must be at least 1");
-        }
-        if self.policy.wide_audience == 0 {
-            return fail("policy.wide_audience", "must be at least 1");
-        }
-        for (key, value) in [
-            ("policy.window", self.policy.window),
-            ("policy.block_for", self.policy.block_for),
-            ("policy.fast_window", self.policy.fast_window),
-            ("notify.interval", self.notify.interval),
-            ("upstream.pool_idle_time", self.upstream.pool_idle_time),
-        ] {
-            if value.is_zero() {
-                return fail(key, "must be longer than 0s");
-            }
-        }
-        if self.policy.max_block < self.policy.block_for {
-            return fail("policy.max_block", "must be at least policy.block_for");
-        }
-        let slots = crate::breaker::SENDER_SLOTS as u32;
-        if self.policy.fast_audience > 0 && !(1..=slots).contains(&self.policy.fast_senders) {
-            return fail(
-                "policy.fast_senders",
-                &format!(
-                    "must be 1 to {slots} (or set fast_audience = 0 to turn the fast trip off)"
-                ),
-            );
-        }
-        for (i, list) in self.lists.iter().enumerate() {
-            if !list.address.contains('@') {
-                return fail(&format!("lists[{i}].address"), "must be an email address");
-            }
-            if list.members == 0 {
-                return fail(&format!("lists[{i}].members"), "must be at least 1");
-            }
-            if list.trip_replies == Some(0) {
-                return fail(&format!("lists[{i}].trip_replies"), "must be at least 1");
-            }
-            if list.wide_audience == Some(0) {
-                return fail(&format!("lists[{i}].wide_audience"), "must be at least 1");
-            }
-            if list.fast_senders.is_some_and(|n| !(1..=slots).contains(&n)) {
-                return fail(
-                    &format!("lists[{i}].fast_senders"),
-                    &format!("must be 1 to {slots}"),
-                );
-            }
-            for (key, value) in [("window", list.window), ("block_for", list.block_for)] {
-                if value.is_some_and(|d| d.is_zero()) {
-                    return fail(&format!("lists[{i}].{key}"), "must be longer than 0s");
-                }
-            }
-        }
-        if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
-            return fail("state.url", "the redis backend needs a url");
-        }
-        Ok(())
-    }
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Best effort: the line where the last part of a dotted key is assigned.
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    let leaf = key.rsplit('.').next()?;
-    let leaf = leaf.split('[').next()?;
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(leaf)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
 }
 
 /// Parses "60m", "6h", "14d", "1h 30m", "250ms".
@@ -678,121 +477,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = Option::<String>::deserialize(d)?;
     s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
         .transpose()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A duration as the policy file writes it ("1h 30m").
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("policy.toml"))
-    }
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
 
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n").unwrap();
-        assert_eq!(c.policy.trip_replies, 10);
-        assert_eq!(c.policy.window, Duration::from_secs(3600));
-        assert_eq!(c.policy.block_for, Duration::from_secs(6 * 3600));
-        assert_eq!(c.policy.action, HoldAction::Quarantine);
-        assert_eq!(c.proxy.max_line_length, 1000);
-    }
-
-    #[test]
-    fn durations_parse() {
-        let c = parse(
-            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nwindow = \"90m\"\nblock_for = \"6h\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.policy.window, Duration::from_secs(90 * 60));
-        assert_eq!(
-            parse_duration("14d").unwrap(),
-            Duration::from_secs(14 * 86400)
-        );
-    }
-
-    #[test]
-    fn pass_client_takes_a_bool_or_a_mechanism() {
-        let with = |v: &str| {
-            parse(&format!(
-                "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\npass_client = {v}\n"
-            ))
-        };
-        assert_eq!(
-            with("true").unwrap().upstream.pass_client,
-            PassClient::Xclient
-        );
-        assert_eq!(with("false").unwrap().upstream.pass_client, PassClient::Off);
-        assert_eq!(
-            with("\"xclient\"").unwrap().upstream.pass_client,
-            PassClient::Xclient
-        );
-        assert_eq!(
-            with("\"xforward\"").unwrap().upstream.pass_client,
-            PassClient::Xforward
-        );
-        let e = with("\"proxy\"").unwrap_err();
-        assert_eq!(e.line, Some(4), "{e}");
-        assert!(e.to_string().contains("upstream.pass_client"), "{e}");
-        assert!(e.to_string().contains("xforward"), "{e}");
-    }
-
-    #[test]
-    fn unknown_key_names_file_line_and_key() {
-        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n\n[policy]\ntrip_replys = 5\n")
-            .unwrap_err();
-        let s = e.to_string();
-        assert_eq!(e.line, Some(5), "{s}");
-        assert!(s.starts_with("policy.toml:5"), "{s}");
-        assert!(s.contains("trip_replys"), "{s}");
-    }
-
-    #[test]
-    fn bad_duration_names_key() {
-        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\nwindow = \"soon\"\n")
-            .unwrap_err();
-        assert_eq!(e.line, Some(4));
-        assert_eq!(e.key.as_deref(), Some("policy.window"));
-        assert!(e.message.contains("invalid duration"), "{e}");
-    }
-
-    #[test]
-    fn semantic_error_names_line() {
-        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\ntrip_replies = 0\n")
-            .unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("policy.trip_replies"));
-        assert_eq!(e.line, Some(4));
-    }
-
-    #[test]
-    fn wrong_type_is_an_error() {
-        let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n[policy]\ntrip_replies = \"ten\"\n")
-            .unwrap_err();
-        assert_eq!(e.line, Some(4), "{e}");
-        assert_eq!(e.key.as_deref(), Some("policy.trip_replies"));
-    }
-
-    #[test]
-    fn lists_parse_with_overrides() {
-        let c = parse(
-            "[proxy]\nlisten = \"127.0.0.1:2525\"\n[[lists]]\naddress = \"all@corp.test\"\nmembers = 91053\ntrip_replies = 5\n",
-        )
-        .unwrap();
-        assert_eq!(c.lists[0].members, 91053);
-        assert_eq!(c.lists[0].trip_replies, Some(5));
-    }
-
-    #[test]
-    fn nothing_to_listen_on_is_an_error() {
-        assert!(parse("").is_err());
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_none(),
     }
 }

@@ -1,0 +1,69 @@
+//! What the policy file asks of the machine, checked before `run` needs it: files that must
+//! load, folders that must be usable. `check-config` runs this too, so an administrator learns
+//! of a bad lists file or an unwritable spool before the service does.
+
+use super::schema::*;
+use std::path::Path;
+
+impl Config {
+    /// Checks the files and folders the configuration names. Read-only, except for a probe
+    /// file created and removed in the quarantine folder.
+    pub fn check_environment(&self) -> Result<(), (String, String)> {
+        if let Some(path) = &self.policy.lists_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                (
+                    "policy.lists_file".to_string(),
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let mut table = crate::fingerprint::ListTable::default();
+            table.add_file_text(&text).map_err(|(line, msg)| {
+                (
+                    "policy.lists_file".to_string(),
+                    format!("{}:{line}: {msg}", path.display()),
+                )
+            })?;
+        }
+        writable_dir(&self.quarantine.dir).map_err(|e| ("quarantine.dir".to_string(), e))?;
+        if let Some(listen) = &self.milter.listen
+            && let Some(path) = unix_socket_path(listen)
+        {
+            let folder = path.parent().unwrap_or(Path::new("/"));
+            if !folder.is_dir() {
+                return Err((
+                    "milter.listen".into(),
+                    format!("the folder {} does not exist", folder.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The path of a milter listen address that is a unix socket (`unix:PATH`, `local:PATH`, or
+/// a path).
+pub fn unix_socket_path(listen: &str) -> Option<&Path> {
+    listen
+        .strip_prefix("unix:")
+        .or_else(|| listen.strip_prefix("local:"))
+        .or_else(|| listen.contains('/').then_some(listen))
+        .map(Path::new)
+}
+
+/// `dir` is a folder we can write in, or can be created under a folder we can write in.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .ok_or_else(|| format!("{}: no existing parent folder", dir.display()))?;
+    }
+    if !existing.is_dir() {
+        return Err(format!("{} is not a folder", existing.display()));
+    }
+    let probe = existing.join(format!(".stormbreaker-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("{}: cannot write there: {e}", existing.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

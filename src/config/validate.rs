@@ -1,0 +1,297 @@
+//! Checks that need more than one value's type, or the text itself: what `run` would fail
+//! on, or would lose mail with, is refused here so `check-config` finds it first.
+
+use super::schema::*;
+use std::net::SocketAddr;
+
+/// Retention below this deletes held mail before anyone can look at it.
+const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Config {
+    /// What only the text can tell: a section left out that `run` must not default.
+    fn check_sections(&self, text: &str) -> Result<(), (String, String)> {
+        let table: toml::Table = toml::from_str(text).unwrap_or_default();
+        let upstream_address = table
+            .get("upstream")
+            .and_then(|u| u.as_table())
+            .is_some_and(|u| u.contains_key("address"));
+        if self.proxy.listen.is_some() && !upstream_address {
+            return Err((
+                "upstream.address".into(),
+                "the proxy needs [upstream] address: the MTA every accepted message goes to".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Values that type-check but would break the service or lose held mail.
+    fn check_operational(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.quarantine.retention < MIN_RETENTION {
+            return fail(
+                "quarantine.retention",
+                "must be at least 1h: held messages older than this are deleted, at the next \
+                 start too (the default is 14d)"
+                    .into(),
+            );
+        }
+        if let Err(e) = check_log_level(&self.log.level) {
+            return fail("log.level", e);
+        }
+        for (key, value) in [
+            ("proxy.command_timeout", self.proxy.command_timeout),
+            ("proxy.data_timeout", self.proxy.data_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.reply_timeout", self.upstream.reply_timeout),
+            ("state.timeout", self.state.timeout),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be longer than 0s".into());
+            }
+        }
+        for (key, value) in [
+            ("policy.window", self.policy.window),
+            ("policy.block_for", self.policy.block_for),
+            ("policy.fast_window", self.policy.fast_window),
+        ] {
+            if value < std::time::Duration::from_secs(1) {
+                return fail(
+                    key,
+                    "must be at least 1s (breakers count in seconds)".into(),
+                );
+            }
+        }
+        if let Some(admin) = self.admin.listen {
+            if !admin.ip().is_loopback() {
+                return fail(
+                    "admin.listen",
+                    format!(
+                        "{admin} is not a loopback address: the admin API can release mail and \
+                         reset breakers; bind it to 127.0.0.1 or ::1"
+                    ),
+                );
+            }
+            if self.proxy.listen == Some(admin) {
+                return fail("admin.listen", "is the same address as proxy.listen".into());
+            }
+        }
+        for (i, sender) in self.policy.exempt_senders.iter().enumerate() {
+            // An envelope sender, or the name a submission client authenticates as.
+            if sender.trim().is_empty() || sender.trim().contains(char::is_whitespace) {
+                return fail(
+                    &format!("policy.exempt_senders[{i}]"),
+                    format!("{sender:?} is neither an email address nor a login name"),
+                );
+            }
+        }
+        if let Some(url) = &self.state.url
+            && self.state.backend == StateBackend::Redis
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://")
+                || url.starts_with("redis+unix://"))
+        {
+            return fail(
+                "state.url",
+                format!("{url:?} is not a Redis URL (redis://host:port/db)"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The STARTTLS certificate and key, when set, must load (so `check-config` finds a bad
+    /// file before `run` does).
+    fn check_tls(&self) -> Result<(), (String, String)> {
+        if self.upstream.tls == UpstreamTls::Starttls {
+            crate::tls::connector(self.upstream.tls_ca.as_deref())
+                .map_err(|e| ("upstream.tls_ca".to_string(), e))?;
+            crate::tls::server_name(self.upstream.tls_name.as_deref(), &self.upstream.address)
+                .map_err(|e| ("upstream.tls_name".to_string(), e))?;
+        }
+        if self.proxy.tls == ProxyTls::Implicit && self.proxy.tls_cert.is_none() {
+            return Err((
+                "proxy.tls".into(),
+                "implicit TLS needs tls_cert and tls_key".into(),
+            ));
+        }
+        match (&self.proxy.tls_cert, &self.proxy.tls_key) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(("proxy.tls_key".into(), "tls_cert needs tls_key".into())),
+            (None, Some(_)) => Err(("proxy.tls_cert".into(), "tls_key needs tls_cert".into())),
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key)
+                .map(drop)
+                .map_err(|e| ("proxy.tls_cert".into(), e)),
+        }
+    }
+
+    /// Checks that need more than one value's type.
+    pub(super) fn validate(&self, text: &str) -> Result<(), (String, String)> {
+        self.check_operational()?;
+        let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
+        if self.proxy.listen.is_none() && self.milter.listen.is_none() {
+            return fail(
+                "proxy.listen",
+                "nothing to listen on: set [proxy] listen, [milter] listen, or both",
+            );
+        }
+        if self.proxy.hostname.is_empty() || self.proxy.hostname.contains(char::is_whitespace) {
+            return fail("proxy.hostname", "must be a host name without spaces");
+        }
+        if self.proxy.max_line_length < 80 {
+            return fail("proxy.max_line_length", "must be at least 80 octets");
+        }
+        if self.proxy.max_command_length < 512 {
+            return fail(
+                "proxy.max_command_length",
+                "must be at least 512 octets (RFC 5321 4.5.3.1.4)",
+            );
+        }
+        if self.proxy.max_recipients < 100 {
+            return fail(
+                "proxy.max_recipients",
+                "must be at least 100 (RFC 5321 4.5.3.1.8)",
+            );
+        }
+        for (key, value) in [
+            ("proxy.max_connections", self.proxy.max_connections),
+            ("proxy.max_message_size", self.proxy.max_message_size),
+            ("proxy.max_errors", self.proxy.max_errors),
+            ("policy.max_threads", self.policy.max_threads),
+            ("proxy.min_data_rate", self.proxy.min_data_rate as usize),
+            (
+                "upstream.reuse_count_limit",
+                self.upstream.reuse_count_limit as usize,
+            ),
+        ] {
+            if value == 0 {
+                return fail(key, "must be greater than 0");
+            }
+        }
+        if self.proxy.listen.is_some() && self.upstream.address.parse::<SocketAddr>().is_err() {
+            return fail(
+                "upstream.address",
+                "must be an IP address and port, e.g. \"127.0.0.1:10025\"",
+            );
+        }
+        if self.policy.trip_replies == 0 {
+            return fail("policy.trip_replies", "must be at least 1");
+        }
+        if self.policy.wide_audience == 0 {
+            return fail("policy.wide_audience", "must be at least 1");
+        }
+        for (key, value) in [
+            ("policy.window", self.policy.window),
+            ("policy.block_for", self.policy.block_for),
+            ("policy.fast_window", self.policy.fast_window),
+            ("notify.interval", self.notify.interval),
+            ("upstream.pool_idle_time", self.upstream.pool_idle_time),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be longer than 0s");
+            }
+        }
+        if self.policy.max_block < self.policy.block_for {
+            return fail("policy.max_block", "must be at least policy.block_for");
+        }
+        let slots = crate::breaker::SENDER_SLOTS as u32;
+        if self.policy.fast_audience > 0 && !(1..=slots).contains(&self.policy.fast_senders) {
+            return fail(
+                "policy.fast_senders",
+                &format!(
+                    "must be 1 to {slots} (or set fast_audience = 0 to turn the fast trip off)"
+                ),
+            );
+        }
+        for (i, list) in self.lists.iter().enumerate() {
+            if !list.address.contains('@') {
+                return fail(&format!("lists[{i}].address"), "must be an email address");
+            }
+            if list.members == 0 {
+                return fail(&format!("lists[{i}].members"), "must be at least 1");
+            }
+            if list.trip_replies == Some(0) {
+                return fail(&format!("lists[{i}].trip_replies"), "must be at least 1");
+            }
+            if list.wide_audience == Some(0) {
+                return fail(&format!("lists[{i}].wide_audience"), "must be at least 1");
+            }
+            if list.fast_senders.is_some_and(|n| !(1..=slots).contains(&n)) {
+                return fail(
+                    &format!("lists[{i}].fast_senders"),
+                    &format!("must be 1 to {slots}"),
+                );
+            }
+            for (key, value) in [("window", list.window), ("block_for", list.block_for)] {
+                if value.is_some_and(|d| d.is_zero()) {
+                    return fail(&format!("lists[{i}].{key}"), "must be longer than 0s");
+                }
+            }
+        }
+        if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
+            return fail("state.url", "the redis backend needs a url");
+        }
+        self.check_sections(text)?;
+        self.check_tls()
+    }
+}
+
+/// Best effort: the line where `key` (`section.leaf`, `lists[2].leaf`) is assigned, within
+/// its section; the section's header when the key is not written (a default at fault).
+pub(super) fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let (table, index) = match section.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (section, None),
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            current = name.trim().to_string();
+            if current == table {
+                seen += 1;
+            }
+            if current == table && index.is_none_or(|n| n + 1 == seen) {
+                header_line = header_line.or(Some(i + 1));
+            }
+            continue;
+        }
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+            if current == table {
+                header_line = header_line.or(Some(i + 1));
+            }
+            continue;
+        }
+        let in_section = current == table && index.is_none_or(|n| n + 1 == seen);
+        if in_section
+            && l.strip_prefix(leaf)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    header_line
+}
+
+/// A tracing filter that names levels only where levels go: `info`, `warn,stormbreaker=debug`.
+/// (tracing would take `verbose` as a target name and then log nothing at all.)
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !is_level(level) {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {} (or target=level)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    if filter.trim().is_empty() {
+        return Err("is empty: use one of trace, debug, info, warn, error".into());
+    }
+    Ok(())
+}
