@@ -29,6 +29,10 @@ wait_port() {
     exit 1
 }
 
+# The main.cf template the integration tests fill in too (tests/it/support/postfix.rs), and the
+# milter lines they add: one file each, so the benches' Postfix and the tests' cannot drift.
+SB_POSTFIX_TEMPLATES="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/it/support" && pwd)"
+
 # start_postfix DIR PORT RELAY_PORT [MAIN_CF_LINES]: a private instance in DIR (conf, queue,
 # data, maillog) listening on 127.0.0.1:PORT and relaying everything to 127.0.0.1:RELAY_PORT.
 # DIR must be under /var (maillog_file) and traversable by the postfix user.
@@ -36,26 +40,8 @@ start_postfix() {
     local d=$1
     mkdir -p "$d/conf" "$d/queue" "$d/data"
     chown postfix:postfix "$d/data"
-    cat >"$d/conf/main.cf" <<MAINCF
-compatibility_level = 3.6
-queue_directory = $d/queue
-data_directory = $d/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mx.corp.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$3
-smtpd_relay_restrictions = permit_mynetworks, reject
-alias_maps =
-alias_database =
-maillog_file = $d/maillog
-${4:-}
-MAINCF
+    sed -e "s|@DIR@|$d|g" -e "s|@RELAY_PORT@|$3|g" "$SB_POSTFIX_TEMPLATES/postfix-main.cf" >"$d/conf/main.cf"
+    printf '%s\n' "${4:-}" >>"$d/conf/main.cf"
     sed "s/^smtp \+inet .*/127.0.0.1:$2 inet n - n - - smtpd/" /etc/postfix/master.cf >"$d/conf/master.cf"
     postfix -c "$d/conf" start >/dev/null 2>&1
 }
@@ -68,5 +54,5 @@ stop_postfix() {
 # milter_main_cf SPEC: the main.cf lines that make Postfix call stormbreaker at SPEC
 # (inet:HOST:PORT or unix:PATH), tempfailing mail when it cannot be reached.
 milter_main_cf() {
-    printf 'smtpd_milters = %s\nmilter_protocol = 6\nmilter_default_action = tempfail\n' "$1"
+    sed -e "s|@MILTER@|$1|g" "$SB_POSTFIX_TEMPLATES/postfix-milter.cf"
 }

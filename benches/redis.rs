@@ -4,14 +4,98 @@
 //! Every decision is a wide reply through `Engine::decide` (header parsing included, the same for
 //! both backends); threads change every 20 replies, so most decisions count and some trip.
 
-#[path = "../tests/redis_support/mod.rs"]
-mod redis_support;
-
-use redis_support::{RedisServer, config, reply};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stormbreaker::config::Config;
 use stormbreaker::engine::Engine;
 use stormbreaker::envelope::Envelope;
+
+/// A redis-server child process on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        let server = RedisServer { child, port };
+        for _ in 0..500 {
+            if server.cli(&["PING"]).trim() == "PONG" {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {port} does not answer");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Atos list, on Redis at `url` (or in process for `None`).
+fn config(url: Option<&str>) -> Config {
+    let state = url
+        .map(|url| {
+            format!(
+                "[state]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"bench:\"\ntimeout = \"200ms\"\n"
+            )
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:2525\"\n{state}\n\
+         [[lists]]\naddress = \"all@atos.test\"\nmembers = 91053\n"
+    );
+    Config::parse(&text, Path::new("bench-redis.toml")).expect("bench config")
+}
+
+/// Reply `n` on `subject` in one of four mail clients' header shapes (Outlook Thread-Topic,
+/// Thunderbird In-Reply-To, Gmail reply-to-a-reply, a phone's subject prefix).
+fn reply(n: usize, subject: &str) -> String {
+    let id = format!("Message-ID: <r{n}@{subject}>\r\n");
+    match n % 4 {
+        0 => format!("{id}Subject: RE: {subject}\r\nThread-Topic: {subject}\r\n\r\n"),
+        1 => format!(
+            "{id}In-Reply-To: <root@{subject}>\r\nReferences: <root@{subject}>\r\n\
+             Subject: Re: {subject}\r\n\r\n"
+        ),
+        2 => format!(
+            "{id}In-Reply-To: <r{p}@{subject}>\r\nReferences: <root@{subject}> <r{p}@{subject}>\r\n\
+             Subject: Re: {subject}\r\n\r\n",
+            p = n / 2
+        ),
+        _ => format!("{id}Subject: AW: {subject}\r\n\r\n"),
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -57,7 +141,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not: then only a smoke run.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let server = RedisServer::start_new();
+    let server = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,8 +153,8 @@ fn main() {
         "backend", "sessions", "decisions/s", "p50 us", "p99 us", "max us"
     );
     rt.block_on(async {
-        let memory = Arc::new(Engine::new(&config(None, "")).unwrap());
-        let cfg = config(Some((&server.url(), "bench:")), "");
+        let memory = Arc::new(Engine::new(&config(None)).unwrap());
+        let cfg = config(Some(&server.url()));
         let redis = Arc::new(Engine::from_config(&cfg).await.unwrap());
         for sessions in [1usize, 16, 64] {
             for (name, engine) in [("memory", &memory), ("redis", &redis)] {

@@ -25,7 +25,6 @@ pub mod proxy;
 pub mod quarantine;
 pub mod reply;
 pub mod service;
-pub mod sink;
 pub mod smtp;
 pub mod store;
 pub mod tls;

@@ -944,7 +944,7 @@ mod tests {
     //! recording sink (or a scripted peer) on loopback, the engine with in-process state.
 
     use super::*;
-    use crate::sink::RecordingSink;
+    use crate::demo::sink::RecordingSink;
     use std::time::Duration;
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 

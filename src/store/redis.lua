@@ -1,7 +1,7 @@
 -- stormbreaker: breaker state of thread keys in Redis, stepped atomically server side.
 --
 -- A line-by-line port of `breaker::ThreadState::observe` (window.rs, senders.rs, circuit.rs);
--- keep the two in step (tests/redis_store.rs compares them on random sequences).
+-- keep the two in step (tests/it/redis/store.rs compares them on random sequences).
 --
 -- KEYS[1] is the index of opened breakers (a sorted set scored by the end of their half-open
 -- time); KEYS[2..] are thread hashes. All keys share one hash tag, so they sit in one slot.
