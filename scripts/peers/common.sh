@@ -19,13 +19,30 @@ need_file() {
     [ -e "$1" ] || die "$1 is missing: run scripts/peers/install.sh (as root) first"
 }
 
-# absolute DIR: DIR made absolute (created if needed), as the MTAs' configurations need.
-absolute() {
-    mkdir -p "$1"
-    (cd "$1" && pwd)
+# set_dir COMMAND DIR: sets $dir to DIR made absolute, as the MTAs' configurations need;
+# "start" creates DIR, "stop" of a DIR that does not exist has nothing to do (exits 0), any
+# other command fails there.
+set_dir() {
+    if [ "$1" = start ]; then
+        mkdir -p "$2"
+    elif [ ! -d "$2" ]; then
+        [ "$1" = stop ] && exit 0
+        die "no such folder: $2"
+    fi
+    dir=$(cd "$2" && pwd)
 }
 
 now_ms() { date +%s%3N; }
+
+# need_ports PORT...: fails unless each is a TCP port number.
+need_ports() {
+    local port
+    for port in "$@"; do
+        if ! [[ $port =~ ^[0-9]{1,5}$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+            die "not a port number: '$port'"
+        fi
+    done
+}
 
 # wait_port PORT WHAT LOG [TIMEOUT_S]: waits for a listener on 127.0.0.1:PORT, else fails
 # naming WHAT and showing the end of LOG.

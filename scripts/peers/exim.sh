@@ -31,7 +31,7 @@ usage() {
 
 [ $# -ge 2 ] || usage
 cmd=$1
-dir=$(absolute "$2")
+set_dir "$cmd" "$2"
 conf=$dir/exim.conf
 pidfile=$dir/run/exim.pid
 mainlog=$dir/log/mainlog
@@ -40,6 +40,7 @@ exim() { "$EXIM_BIN" -C "$conf" "$@"; }
 
 start() {
     local smtp_port=$1 relay_port=$2 started queue_smtp=
+    need_ports "$smtp_port" "$relay_port"
     [ "${EXIM_QUEUE_SMTP:-0}" = 1 ] && queue_smtp='*'
     started=$(now_ms)
     need_file "$EXIM_BIN"

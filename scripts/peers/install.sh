@@ -116,7 +116,7 @@ else
     echo "install.sh: installed:"
     printf '  %s\n' "${installed[@]}"
 fi
-echo "  exim:     $("$EXIM_BIN" -bV 2>/dev/null | sed -n '1s/ #.*//p')"
+echo "  exim:     $("$EXIM_BIN" -C /dev/null -bV 2>/dev/null | sed -n 's/^\(Exim version [^ ]*\).*/\1/p')"
 echo "  sendmail: $(sed -n 's/^sendmail-bin //p' "$PEERS_CACHE/sendmail/.unpacked")"
 echo "  postfix:  $(postconf -d -h mail_version 2>/dev/null)"
 echo "  sasl:     cyrus $(dpkg-query -W -f='${Version}' sasl2-bin)"

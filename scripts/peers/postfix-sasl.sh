@@ -30,7 +30,7 @@ usage() {
 
 [ $# -ge 2 ] || usage
 cmd=$1
-dir=$(absolute "$2")
+set_dir "$cmd" "$2"
 conf=$dir/conf
 realm=submission.corp.test
 
@@ -49,6 +49,7 @@ stop_postfix() {
 
 start() {
     local smtp_port=$1 relay_port=$2 user=$3 password=$4 login started
+    need_ports "$smtp_port" "$relay_port"
     started=$(now_ms)
     need_file /usr/sbin/saslpasswd2
     stop_postfix

@@ -31,7 +31,7 @@ usage() {
 
 [ $# -ge 2 ] || usage
 cmd=$1
-dir=$(absolute "$2")
+set_dir "$cmd" "$2"
 cf=$dir/sendmail.cf
 pidfile=$dir/sendmail.pid
 
@@ -57,6 +57,7 @@ milter_socket() {
 
 start() {
     local smtp_port=$1 relay_port=$2 socket started cfdir=$SENDMAIL_ROOT/usr/share/sendmail/cf
+    need_ports "$smtp_port" "$relay_port"
     started=$(now_ms)
     need_file "$SENDMAIL_BIN"
     socket=$(milter_socket "$3")
