@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Checks every peer script against real peers on this machine and prints what it saw (the bytes
 # the MTAs send after the final dot, start-up times); exits non-zero at the first check that
-# fails. Stops everything it started, also when interrupted. Takes about a minute. Needs root.
+# fails. Stops everything it started, also when interrupted. Takes 25-60 s. Needs root.
 #
-#   check.sh [STORMBREAKER_BINARY]
+#   check.sh [STORMBREAKER_BINARY | none]
 #
 # With a stormbreaker binary (default: target/release or target/debug, when built), Sendmail
 # calls it as its milter and a reply-all storm gets held in Sendmail's quarantine and released;
-# without one, Sendmail's call to an absent milter is checked (F=T: the message is tempfailed).
+# without one ("none", or none built), Sendmail's call to an absent milter is checked (F=T: the
+# message is tempfailed).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,7 +17,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 repo=$(cd "$here/../.." && pwd)
 binary=${1:-}
-if [ -z "$binary" ]; then
+if [ "$binary" = none ]; then
+    binary=
+elif [ -z "$binary" ]; then
     for candidate in "$repo/target/release/stormbreaker" "$repo/target/debug/stormbreaker"; do
         [ -x "$candidate" ] && { binary=$candidate; break; }
     done

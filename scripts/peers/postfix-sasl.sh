@@ -13,10 +13,11 @@
 # (smtpd_tls_auth_only), AUTH PLAIN LOGIN CRAM-MD5 (SASL_MECHS overrides) against a private Cyrus
 # sasldb holding USER/PASSWORD (USER "name@realm" is stored under that realm; a plain "name"
 # under submission.corp.test, the realm Postfix gives a login without one). Mail from an
-# authenticated client is relayed to 127.0.0.1:RELAY_PORT; anything else gets 554 5.7.1 Relay
-# access denied. Log: DIR/maillog. POSTFIX_MAIN_CF holds more main.cf lines (for example
-# "smtpd_authorized_xclient_hosts = 127.0.0.0/8"). DIR and its parents must be traversable by
-# the postfix user. Needs root and scripts/peers/install.sh.
+# authenticated client is relayed to 127.0.0.1:RELAY_PORT; anything else gets 554 5.7.1
+# "Recipient address rejected: Access denied". Log: DIR/maillog. POSTFIX_MAIN_CF holds more
+# main.cf lines, the last definition winning (for example "smtpd_authorized_xclient_hosts =
+# 127.0.0.0/8"). DIR and its parents must be traversable by the postfix user. Needs root and
+# scripts/peers/install.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -100,7 +100,8 @@ FEATURE(\`nocanonify')dnl
 FEATURE(\`accept_unresolvable_domains')dnl
 FEATURE(\`accept_unqualified_senders')dnl
 FEATURE(\`promiscuous_relay')dnl
-DAEMON_OPTIONS(\`Port=$smtp_port, Addr=127.0.0.1, Name=MTA')dnl
+dnl M=A: no AUTH offered (Sendmail would offer the system sasldb's mechanisms).
+DAEMON_OPTIONS(\`Port=$smtp_port, Addr=127.0.0.1, Name=MTA, M=A')dnl
 EOF
         if [ -n "$socket" ]; then
             echo "INPUT_MAIL_FILTER(\`stormbreaker', \`S=$socket, F=${SENDMAIL_MILTER_FLAGS-T}, T=C:5s;S:10s;R:20s;E:1m')dnl"
