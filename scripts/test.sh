@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The other real MTAs (Exim, Sendmail, Postfix with SASL; scripts/peers/README.md): installed or
-# unpacked when missing, which needs root; a few seconds' check when all is there.
+# unpacked when missing, which needs root; under half a second when all is there.
 if [ "$(id -u)" = 0 ]; then
   scripts/peers/install.sh
 fi
