@@ -16,6 +16,12 @@ need_postfix() {
     done
 }
 
+# Installs or unpacks the other real MTAs (Exim, Sendmail, Postfix with SASL) when missing; their
+# start/stop scripts are in scripts/peers/ (README.md there).
+need_peers() {
+    "$(dirname "${BASH_SOURCE[0]}")/../scripts/peers/install.sh" >/dev/null
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # wait_port PORT [WHAT] [LOG]: waits up to 15 s for a listener, else names it, shows LOG, exits.
