@@ -72,7 +72,7 @@ fn config(url: Option<&str>) -> Config {
         })
         .unwrap_or_default();
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:2525\"\n{state}\n\
+        "[proxy]\nlisten = \"127.0.0.1:2525\"\n[upstream]\naddress = \"127.0.0.1:10025\"\n{state}\n\
          [[lists]]\naddress = \"all@atos.test\"\nmembers = 91053\n"
     );
     Config::parse(&text, Path::new("bench-redis.toml")).expect("bench config")

@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::envelope::Envelope;
-use crate::quarantine::Upstream;
+use crate::smtp::client::{SmtpClient, Target};
 use crate::verdict::Hold;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -170,7 +170,7 @@ struct Inner {
     from: String,
     hostname: String,
     config_path: PathBuf,
-    upstream: Upstream,
+    upstream: Target,
     lists: HashMap<String, u64>,
     /// The milter holds in Postfix's hold queue, which our release command does not reach.
     milter: bool,
@@ -178,8 +178,9 @@ struct Inner {
 }
 
 impl Notifier {
-    /// `config_path` is the policy file's path, quoted in the release command of each alert.
-    pub fn new(config: &Config, config_path: &Path) -> Notifier {
+    /// `config_path` is the policy file's path, quoted in the release command of each alert;
+    /// alerts go to `upstream` (`[upstream]`, with its TLS).
+    pub fn new(config: &Config, config_path: &Path, upstream: Target) -> Notifier {
         Notifier {
             inner: Arc::new(Inner {
                 rates: Mutex::new(AlertRates::new(config)),
@@ -187,7 +188,7 @@ impl Notifier {
                 from: config.notify.from.clone(),
                 hostname: config.proxy.hostname.clone(),
                 config_path: config_path.to_path_buf(),
-                upstream: Upstream::from_config(config),
+                upstream,
                 lists: config
                     .lists
                     .iter()
@@ -240,13 +241,7 @@ impl Notifier {
             let inner = self.inner.clone();
             let thread = report_of(&mail).hold.thread.clone();
             let task = handle.spawn(async move {
-                let sent = crate::quarantine::upstream::submit(
-                    &inner.upstream,
-                    &inner.from,
-                    &rcpts,
-                    &bytes,
-                )
-                .await;
+                let sent = SmtpClient::send(&inner.upstream, &inner.from, &rcpts, &bytes).await;
                 match sent {
                     Ok(reply) => {
                         tracing::info!(%thread, to = ?rcpts, %reply, "alert sent");
@@ -608,7 +603,8 @@ mod tests {
             fast_senders: None,
             me_too_messages: None,
         });
-        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"));
+        let target = crate::proxy::session::upstream_target(&c).unwrap();
+        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"), target);
         let mut h = hold("subj:it's quarterly\r\nBcc: x@evil.test");
         h.thread = "subj:it's quarterly\r\nBcc: x@evil.test".into();
         let report = ThreadReport {
@@ -639,7 +635,8 @@ mod tests {
         assert!(!body.contains("postsuper"), "no milter configured");
 
         c.milter.listen = Some("127.0.0.1:8891".into());
-        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"));
+        let target = crate::proxy::session::upstream_target(&c).unwrap();
+        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"), target);
         let report = ThreadReport {
             hold: hold("t"),
             held: 1,

@@ -24,7 +24,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::from_config(&config).await?);
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
-    let notifier = Arc::new(Notifier::new(&config, config_path));
+    let target = crate::proxy::session::upstream_target(&config)
+        .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
+    let notifier = Arc::new(Notifier::new(&config, config_path, target));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::spawn(crate::quarantine::expiry::run(

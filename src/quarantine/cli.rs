@@ -7,7 +7,7 @@ use crate::config::{Config, parse_duration};
 use crate::quarantine::audit;
 use crate::quarantine::record::rfc3339;
 use crate::quarantine::{
-    HeldSummary, ListFilter, Quarantine, QuarantineError, ReleaseError, ReleaseOptions, Upstream,
+    HeldSummary, ListFilter, Quarantine, QuarantineError, ReleaseError, ReleaseOptions,
 };
 use std::io::Write;
 use std::time::Duration;
@@ -176,7 +176,8 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
                 Ok(ids) => ids,
                 Err(code) => return Ok(code),
             };
-            let upstream = Upstream::from_config(config);
+            let upstream = crate::proxy::session::upstream_target(config)
+                .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
             let opts = ReleaseOptions {
                 force,
                 attempts,
@@ -198,7 +199,7 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
 async fn release_one(
     q: &Quarantine,
     id: &str,
-    upstream: &Upstream,
+    upstream: &crate::smtp::client::Target,
     opts: &ReleaseOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {

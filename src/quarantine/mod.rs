@@ -4,7 +4,6 @@
 //! - `record`: the self-checking file format of one held message.
 //! - `journal`: per-message release journal (which recipients the upstream accepted).
 //! - `release`: SMTP re-injection with the original envelope.
-//! - `upstream`: the SMTP client side (connect, exact DATA framing), shared with alerts.
 //! - `audit`: the append-only audit log.
 //! - `expiry`: the retention task the server runs.
 //! - `cli`: `stormbreaker quarantine ...`.
@@ -16,9 +15,7 @@ pub mod journal;
 pub mod record;
 pub mod release;
 pub mod store;
-pub mod upstream;
 
 pub use record::{HeldMeta, HeldSummary};
 pub use release::{ReleaseError, ReleaseOptions, ReleaseReport};
 pub use store::{HeldId, HeldMessage, HoldWriter, ListFilter, Quarantine, QuarantineError, State};
-pub use upstream::Upstream;

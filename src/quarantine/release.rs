@@ -11,10 +11,8 @@ use crate::envelope::Recipient;
 use crate::quarantine::audit;
 use crate::quarantine::journal::{Entry, Event, InDoubt, Journal};
 use crate::quarantine::store::{Quarantine, QuarantineError, State};
-use crate::quarantine::upstream::{
-    Upstream, connect, format_reply, quit, send_content, with_space,
-};
-use smtp_proto::Response;
+use crate::smtp::client::{Reply, SmtpClient, Target};
+use crate::smtp::command::{mail_command, rcpt_command};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -96,7 +94,7 @@ impl Quarantine {
     pub async fn release(
         &self,
         id: &str,
-        upstream: &Upstream,
+        upstream: &Target,
         opts: &ReleaseOptions,
     ) -> Result<ReleaseReport, ReleaseError> {
         let lock = self.lock(id)?;
@@ -201,7 +199,7 @@ impl Quarantine {
 /// One SMTP transaction for `rcpts`; one outcome per recipient, in order.
 #[allow(clippy::too_many_arguments)]
 async fn send_once(
-    upstream: &Upstream,
+    upstream: &Target,
     mail_from: &str,
     mail_params: &str,
     rcpts: &[Recipient],
@@ -212,24 +210,24 @@ async fn send_once(
     last_reply: &mut Option<String>,
 ) -> Vec<Outcome> {
     let all = |o: Outcome| vec![o; rcpts.len()];
-    let mut client = match connect(upstream).await {
+    let mut client = match SmtpClient::connect(upstream).await {
         Ok(c) => c,
-        Err(e) => return all(Outcome::Temporary(e)),
+        Err(e) => return all(Outcome::Temporary(e.to_string())),
     };
-    let mail = format!("MAIL FROM:<{mail_from}>{}\r\n", with_space(mail_params));
-    match client.cmd(mail.as_bytes()).await {
-        Ok(r) if r.code / 100 == 2 => {}
+    let mail = mail_command(mail_from, mail_params);
+    match client.command(mail.as_bytes()).await {
+        Ok(r) if r.is_success() => {}
         Ok(r) => {
-            quit(client).await;
+            client.quit().await;
             return all(classify(&r));
         }
         Err(e) => return all(Outcome::Temporary(format!("MAIL FROM: {e}"))),
     }
     let mut outcomes = Vec::with_capacity(rcpts.len());
     for r in rcpts {
-        let cmd = format!("RCPT TO:<{}>{}\r\n", r.address, with_space(&r.params));
-        outcomes.push(match client.cmd(cmd.as_bytes()).await {
-            Ok(reply) if reply.code / 100 == 2 => Outcome::Accepted,
+        let cmd = rcpt_command(&r.address, &r.params);
+        outcomes.push(match client.command(cmd.as_bytes()).await {
+            Ok(reply) if reply.is_success() => Outcome::Accepted,
             Ok(reply) => classify(&reply),
             Err(e) => Outcome::Temporary(format!("RCPT TO: {e}")),
         });
@@ -241,10 +239,10 @@ async fn send_once(
         .map(|(r, _)| r.address.clone())
         .collect();
     if accepted.is_empty() {
-        quit(client).await;
+        client.quit().await;
         return outcomes;
     }
-    let data_outcome = match client.cmd(b"DATA\r\n").await {
+    let data_outcome = match client.command(b"DATA\r\n").await {
         Ok(r) if r.code == 354 => None,
         Ok(r) => Some(classify(&r)),
         Err(e) => Some(Outcome::Temporary(format!("DATA: {e}"))),
@@ -261,13 +259,14 @@ async fn send_once(
                 },
             };
             if let Err(e) = Journal::append(journal_path, &sending) {
-                // Without the journal line we must not send the dot.
-                quit(client).await;
+                // Without the journal line we must not send the dot: dropping the connection
+                // (no QUIT inside DATA) abandons the transaction.
+                drop(client);
                 return overlay(outcomes, Outcome::Temporary(format!("journal: {e}")));
             }
-            match send_content(&mut client, content, upstream.reply_timeout).await {
-                Ok(r) if r.code / 100 == 2 => {
-                    let reply = format_reply(&r);
+            match client.content(content).await {
+                Ok(r) if r.is_success() => {
+                    let reply = r.summary();
                     *last_reply = Some(reply.clone());
                     let entry = Entry {
                         at_ms: crate::now_ms(),
@@ -279,13 +278,13 @@ async fn send_once(
                         },
                     };
                     if let Err(e) = Journal::append(journal_path, &entry) {
-                        quit(client).await;
+                        client.quit().await;
                         return overlay(outcomes, Outcome::InDoubt(format!("journal: {e}")));
                     }
                     Outcome::Accepted
                 }
                 Ok(r) => {
-                    let reply = format_reply(&r);
+                    let reply = r.summary();
                     *last_reply = Some(reply.clone());
                     let entry = Entry {
                         at_ms: crate::now_ms(),
@@ -299,11 +298,11 @@ async fn send_once(
                     }
                     outcome
                 }
-                Err(e) => Outcome::InDoubt(e),
+                Err(e) => Outcome::InDoubt(e.to_string()),
             }
         }
     };
-    quit(client).await;
+    client.quit().await;
     overlay(outcomes, final_outcome)
 }
 
@@ -318,11 +317,11 @@ fn overlay(outcomes: Vec<Outcome>, end_of_data: Outcome) -> Vec<Outcome> {
         .collect()
 }
 
-fn classify(r: &Response<String>) -> Outcome {
+fn classify(r: &Reply) -> Outcome {
     match r.code / 100 {
         2 => Outcome::Accepted,
-        5 => Outcome::Permanent(format_reply(r)),
-        _ => Outcome::Temporary(format_reply(r)),
+        5 => Outcome::Permanent(r.summary()),
+        _ => Outcome::Temporary(r.summary()),
     }
 }
 
@@ -341,21 +340,18 @@ mod tests {
     }
 
     #[test]
-    fn replies_format_with_enhanced_codes() {
-        let r = Response {
+    fn replies_are_classified_by_their_class() {
+        let r = Reply {
             code: 451,
-            esc: [4, 3, 0],
-            message: "try later".to_string(),
+            raw: b"451 4.3.0 try later\r\n".to_vec(),
         };
-        assert_eq!(format_reply(&r), "451 4.3.0 try later");
         assert_eq!(
             classify(&r),
             Outcome::Temporary("451 4.3.0 try later".into())
         );
-        let r = Response {
+        let r = Reply {
             code: 550,
-            esc: [0, 0, 0],
-            message: "no".to_string(),
+            raw: b"550-first\r\n550 no\r\n".to_vec(),
         };
         assert_eq!(classify(&r), Outcome::Permanent("550 no".into()));
     }

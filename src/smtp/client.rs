@@ -78,6 +78,26 @@ impl ClientError {
     }
 }
 
+/// Why a message could not be sent: the connection failed, or the server refused a step.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{step}: {reply}")]
+    Refused { step: &'static str, reply: String },
+}
+
+fn expect_2xx(reply: Reply, step: &'static str) -> Result<String, SendError> {
+    if reply.is_success() {
+        Ok(reply.summary())
+    } else {
+        Err(SendError::Refused {
+            step,
+            reply: reply.summary(),
+        })
+    }
+}
+
 /// Deadlines of a client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -307,12 +327,43 @@ impl SmtpClient {
         if go.code != 354 {
             return Ok(go);
         }
+        self.content(content).await
+    }
+
+    /// After a 354: `content` (unstuffed) dot-stuffed with its final dot, exactly as given (a
+    /// CRLF is added only when it does not end with one), and the server's reply.
+    pub async fn content(&mut self, content: &[u8]) -> Result<Reply, ClientError> {
         let mut wire = Vec::with_capacity(content.len() + content.len() / 64 + 8);
         crate::smtp::data::stuff(content, &mut true, &mut wire);
         let ends_with_crlf = content.is_empty() || content.ends_with(b"\r\n");
         wire.extend_from_slice(crate::smtp::data::end_of_data(ends_with_crlf));
         self.write(&wire).await?;
         self.read_reply().await
+    }
+
+    /// Opens a connection, sends one message to every recipient in one transaction, and says
+    /// QUIT: for alerts and notices. Ok with the reply to the final dot when it was 2xx and
+    /// every recipient was accepted; Err naming the first refusal otherwise.
+    pub async fn send(
+        target: &Target,
+        mail_from: &str,
+        rcpts: &[String],
+        content: &[u8],
+    ) -> Result<String, SendError> {
+        let mut client = SmtpClient::connect(target).await?;
+        let result = async {
+            let mail = crate::smtp::command::mail_command(mail_from, "");
+            expect_2xx(client.command(mail.as_bytes()).await?, "MAIL FROM")?;
+            for r in rcpts {
+                let rcpt = crate::smtp::command::rcpt_command(r, "");
+                expect_2xx(client.command(rcpt.as_bytes()).await?, "RCPT TO")?;
+            }
+            let end = client.data(content).await?;
+            expect_2xx(end, "end of data")
+        }
+        .await;
+        client.quit().await;
+        result
     }
 
     /// Whether an idle connection still looks usable: nothing unread (a 421 before closing)

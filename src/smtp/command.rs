@@ -152,12 +152,28 @@ pub fn mail_line(
         return Err(ParamError::NotOffered("MAIL FROM"));
     }
     let params = params.trim_start().to_string();
-    let line = if params.is_empty() {
-        format!("MAIL FROM:<{}>\r\n", from.address)
+    Ok((mail_command(&from.address, &params), params))
+}
+
+/// `MAIL FROM:<address> params` CRLF, the one place the line is written (the proxy, release
+/// and alerts all send it from here).
+pub fn mail_command(address: &str, params: &str) -> String {
+    let params = params.trim();
+    if params.is_empty() {
+        format!("MAIL FROM:<{address}>\r\n")
     } else {
-        format!("MAIL FROM:<{}> {params}\r\n", from.address)
-    };
-    Ok((line, params))
+        format!("MAIL FROM:<{address}> {params}\r\n")
+    }
+}
+
+/// `RCPT TO:<address> params` CRLF.
+pub fn rcpt_command(address: &str, params: &str) -> String {
+    let params = params.trim();
+    if params.is_empty() {
+        format!("RCPT TO:<{address}>\r\n")
+    } else {
+        format!("RCPT TO:<{address}> {params}\r\n")
+    }
 }
 
 /// `RCPT TO:<addr> params` as sent upstream, and the parameters alone for the record.
@@ -196,12 +212,7 @@ pub fn rcpt_line(
         }
     }
     let params = params.trim_start().to_string();
-    let line = if params.is_empty() {
-        format!("RCPT TO:<{}>\r\n", to.address)
-    } else {
-        format!("RCPT TO:<{}> {params}\r\n", to.address)
-    };
-    Ok((line, params))
+    Ok((rcpt_command(&to.address, &params), params))
 }
 
 /// xtext (RFC 3461 4): printable ASCII except "+" and "=" as is, everything else as +HH.

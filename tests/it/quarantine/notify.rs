@@ -28,7 +28,7 @@ fn header<'a>(bytes: &'a [u8], name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_alert_per_opening_reaches_the_admins_and_each_sender_hears_once() {
     let sink = Sink::start();
-    let n = Notifier::new(
+    let n = notifier(
         &config(&sink.address(), true),
         Path::new("/etc/sb/policy.toml"),
     );
@@ -83,7 +83,7 @@ async fn one_alert_per_opening_reaches_the_admins_and_each_sender_hears_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_goes_through_a_real_postfix() {
     let thread = token("tidx:quarterly");
-    let n = Notifier::new(
+    let n = notifier(
         &config(&relay().postfix.address(), false),
         Path::new("/etc/sb/policy.toml"),
     );
@@ -111,7 +111,7 @@ async fn alert_goes_through_a_real_postfix() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_unreachable_upstream_is_logged_not_fatal() {
     let port = free_port();
-    let n = Notifier::new(
+    let n = notifier(
         &config(&format!("127.0.0.1:{port}"), true),
         Path::new("p.toml"),
     );
@@ -122,4 +122,10 @@ async fn an_unreachable_upstream_is_logged_not_fatal() {
         (0, 2),
         "alert and notice both failed, nothing panicked"
     );
+}
+
+/// A notifier sending to the config's upstream, as the service builds it.
+fn notifier(config: &Config, path: &Path) -> Notifier {
+    let target = stormbreaker::proxy::session::upstream_target(config).unwrap();
+    Notifier::new(config, path, target)
 }

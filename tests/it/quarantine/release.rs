@@ -7,20 +7,22 @@ use crate::support::{Sink, free_port, relay, token, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use stormbreaker::quarantine::journal::{Entry, Event, Journal};
-use stormbreaker::quarantine::{
-    ListFilter, Quarantine, ReleaseError, ReleaseOptions, State, Upstream,
-};
+use stormbreaker::quarantine::{ListFilter, Quarantine, ReleaseError, ReleaseOptions, State};
+use stormbreaker::smtp::client::{Target, Timeouts};
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn upstream(address: String) -> Upstream {
-    Upstream {
+fn upstream(address: String) -> Target {
+    Target {
         address,
-        helo: "sb.corp.test".into(),
-        connect_timeout: Duration::from_secs(5),
-        reply_timeout: Duration::from_secs(30),
+        hostname: "sb.corp.test".into(),
+        timeouts: Timeouts {
+            connect: Duration::from_secs(5),
+            reply: Duration::from_secs(30),
+        },
+        tls: None,
     }
 }
 
