@@ -96,6 +96,12 @@ impl Engine {
         })
     }
 
+    /// An engine with `config`'s policy, lists and exemptions on this engine's state store:
+    /// what a reload puts in place (counts and open breakers are kept).
+    pub fn rebuilt(&self, config: &Config) -> anyhow::Result<Engine> {
+        Engine::with_store(config, self.store.clone())
+    }
+
     /// True for envelope senders never counted nor held (policy.exempt_senders, notify.from).
     pub fn is_exempt_sender(&self, addr: &str) -> bool {
         !self.exempt_senders.is_empty()

@@ -63,13 +63,23 @@ const PRUNE_ABOVE: usize = 1024;
 
 impl AlertRates {
     pub fn new(config: &Config) -> AlertRates {
-        AlertRates {
-            interval_ms: config.notify.interval.as_millis() as u64,
-            admins: !config.notify.admins.is_empty(),
-            notify_senders: config.notify.notify_senders,
-            from: config.notify.from.clone(),
+        let mut rates = AlertRates {
+            interval_ms: 0,
+            admins: false,
+            notify_senders: false,
+            from: String::new(),
             threads: HashMap::new(),
-        }
+        };
+        rates.apply(config);
+        rates
+    }
+
+    /// Takes `[notify]`'s settings, keeping what was already told.
+    pub fn apply(&mut self, config: &Config) {
+        self.interval_ms = config.notify.interval.as_millis() as u64;
+        self.admins = !config.notify.admins.is_empty();
+        self.notify_senders = config.notify.notify_senders;
+        self.from = config.notify.from.clone();
     }
 
     /// The engine reports that `hold` opened a breaker.
@@ -166,15 +176,38 @@ pub struct Notifier {
 
 struct Inner {
     rates: Mutex<AlertRates>,
+    /// Swapped whole by a reload.
+    settings: arc_swap::ArcSwap<Settings>,
+    config_path: PathBuf,
+    in_flight: Mutex<Vec<tokio::task::JoinHandle<bool>>>,
+}
+
+/// What alerts are built from, from `[notify]`, `[proxy]`, `[[lists]]` and `[upstream]`.
+struct Settings {
     admins: Vec<String>,
     from: String,
     hostname: String,
-    config_path: PathBuf,
     upstream: Target,
     lists: HashMap<String, u64>,
     /// The milter holds in Postfix's hold queue, which our release command does not reach.
     milter: bool,
-    in_flight: Mutex<Vec<tokio::task::JoinHandle<bool>>>,
+}
+
+impl Settings {
+    fn new(config: &Config, upstream: Target) -> Settings {
+        Settings {
+            admins: config.notify.admins.clone(),
+            from: config.notify.from.clone(),
+            hostname: config.proxy.hostname.clone(),
+            upstream,
+            lists: config
+                .lists
+                .iter()
+                .map(|l| (l.address.to_ascii_lowercase(), l.members))
+                .collect(),
+            milter: config.milter.listen.is_some(),
+        }
+    }
 }
 
 impl Notifier {
@@ -184,20 +217,20 @@ impl Notifier {
         Notifier {
             inner: Arc::new(Inner {
                 rates: Mutex::new(AlertRates::new(config)),
-                admins: config.notify.admins.clone(),
-                from: config.notify.from.clone(),
-                hostname: config.proxy.hostname.clone(),
+                settings: arc_swap::ArcSwap::new(Arc::new(Settings::new(config, upstream))),
                 config_path: config_path.to_path_buf(),
-                upstream,
-                lists: config
-                    .lists
-                    .iter()
-                    .map(|l| (l.address.to_ascii_lowercase(), l.members))
-                    .collect(),
-                milter: config.milter.listen.is_some(),
                 in_flight: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// A reloaded configuration: new recipients, sender, interval and upstream; breakers
+    /// already reported stay reported (no second alert).
+    pub fn reload(&self, config: &Config, upstream: Target) {
+        self.rates().apply(config);
+        self.inner
+            .settings
+            .store(Arc::new(Settings::new(config, upstream)));
     }
 
     /// Waits for the mail handed to the background since the last flush (for shutdown and
@@ -238,10 +271,11 @@ impl Notifier {
                 tracing::error!("alert not sent: no async runtime");
                 continue;
             };
-            let inner = self.inner.clone();
+            let settings = self.inner.settings.load_full();
             let thread = report_of(&mail).hold.thread.clone();
             let task = handle.spawn(async move {
-                let sent = SmtpClient::send(&inner.upstream, &inner.from, &rcpts, &bytes).await;
+                let sent =
+                    SmtpClient::send(&settings.upstream, &settings.from, &rcpts, &bytes).await;
                 match sent {
                     Ok(reply) => {
                         tracing::info!(%thread, to = ?rcpts, %reply, "alert sent");
@@ -259,7 +293,7 @@ impl Notifier {
 
     /// Recipients and the whole message.
     pub fn render(&self, mail: &Outgoing, now_ms: u64) -> (Vec<String>, Vec<u8>) {
-        let i = &self.inner;
+        let i = self.inner.settings.load();
         let r = report_of(mail);
         let thread = &r.hold.thread;
         let (to, subject, body) = match mail {
@@ -302,7 +336,13 @@ impl Notifier {
 
     fn list_line(&self, hold: &Hold) -> String {
         match &hold.list {
-            Some(list) => match self.inner.lists.get(&list.to_ascii_lowercase()) {
+            Some(list) => match self
+                .inner
+                .settings
+                .load()
+                .lists
+                .get(&list.to_ascii_lowercase())
+            {
                 Some(members) => format!("{} ({members} members)", text_safe(list)),
                 None => text_safe(list),
             },
@@ -317,7 +357,7 @@ impl Notifier {
         let h = &h;
         let config = shell_quote(&self.inner.config_path.display().to_string());
         let thread = shell_quote(&h.thread);
-        let milter = if self.inner.milter {
+        let milter = if self.inner.settings.load().milter {
             "Messages the milter held are in Postfix's hold queue instead:\n\
              \x20 postqueue -j   (list),   postsuper -H QUEUE_ID   (release)\n"
         } else {

@@ -77,7 +77,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            _ = sighup.recv() => reload_tls(&config, &shared),
+            _ = sighup.recv() => reload(config_path, &shared, &notifier).await,
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: no new sessions, finishing those in flight");
                 break;
@@ -114,17 +114,99 @@ fn load_tls(config: &Config) -> Option<Result<tokio_rustls::TlsAcceptor, String>
     Some(crate::tls::acceptor(cert, key))
 }
 
-/// SIGHUP: reads the certificate and key again (a renewed certificate needs no restart). New
-/// STARTTLS handshakes use it; a file that does not load leaves the old one in place.
-fn reload_tls(config: &Config, shared: &Shared) {
-    match load_tls(config) {
-        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
-        Some(Ok(acceptor)) => {
-            shared.tls.store(Some(Arc::new(acceptor)));
-            tracing::info!("SIGHUP: TLS certificate reloaded (other settings need a restart)");
+/// SIGHUP (`systemctl reload`): reads the policy file again and, when it is valid, puts the
+/// new policy, lists, exemptions, alert settings, upstream and TLS certificate in place at once
+/// for new sessions; sessions in flight finish with what they started with. A file that does
+/// not validate is logged and the running configuration stays. Settings that only a restart
+/// can change are named.
+async fn reload(path: &Path, shared: &Shared, notifier: &Notifier) {
+    let loaded = Config::load(path)
+        .and_then(|c| c.check_files(path).map(|()| c))
+        .map_err(|e| e.to_string());
+    let config = match loaded {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the policy file does not validate; the running configuration stays");
+            return;
         }
+    };
+    let engine = match shared.engine.load().rebuilt(&config) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: the policy does not load; the running configuration stays");
+            return;
+        }
+    };
+    let tls = match load_tls(&config) {
+        None => None,
+        Some(Ok(acceptor)) => Some(Arc::new(acceptor)),
         Some(Err(e)) => {
-            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+            tracing::error!(error = %e, "SIGHUP: the TLS certificate does not load; the running configuration stays");
+            return;
         }
+    };
+    let old = shared.config.load_full();
+    if let Err(e) = shared.reload(config.clone(), engine).await {
+        tracing::error!(error = %e, "SIGHUP: the upstream settings do not load; the running configuration stays");
+        return;
     }
+    shared.tls.store(tls);
+    if let Ok(target) = crate::proxy::session::upstream_target(&config) {
+        notifier.reload(&config, target);
+    }
+    let restart = needs_restart(&old, &config);
+    if restart.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded");
+    } else {
+        tracing::warn!(
+            restart_needed = %restart.join(", "),
+            "SIGHUP: configuration reloaded; these settings changed but take effect only after a restart"
+        );
+    }
+}
+
+/// Settings read once at start: listeners, limits sized at start, where state and held mail
+/// live, and logging.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("proxy.listen", old.proxy.listen != new.proxy.listen);
+    check(
+        "proxy.max_connections",
+        old.proxy.max_connections != new.proxy.max_connections,
+    );
+    check(
+        "proxy.max_connections_per_client",
+        old.proxy.max_connections_per_client != new.proxy.max_connections_per_client,
+    );
+    check(
+        "proxy.shutdown_grace",
+        old.proxy.shutdown_grace != new.proxy.shutdown_grace,
+    );
+    check("milter", old.milter.listen != new.milter.listen);
+    check("admin.listen", old.admin.listen != new.admin.listen);
+    check("quarantine.dir", old.quarantine.dir != new.quarantine.dir);
+    check(
+        "quarantine.retention",
+        old.quarantine.retention != new.quarantine.retention,
+    );
+    check(
+        "state",
+        old.state.backend != new.state.backend
+            || old.state.url != new.state.url
+            || old.state.prefix != new.state.prefix,
+    );
+    check(
+        "log",
+        old.log.format != new.log.format || old.log.level != new.log.level,
+    );
+    check(
+        "upstream.pool_size",
+        old.upstream.pool_size != new.upstream.pool_size,
+    );
+    changed
 }

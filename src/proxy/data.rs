@@ -39,6 +39,8 @@ enum Refusal {
 /// What the data phase needs from its session, borrowed for one step.
 pub struct Context<'a> {
     pub shared: &'a Shared,
+    /// The engine the session started with.
+    pub engine: &'a crate::engine::Engine,
     pub upstream: &'a mut UpstreamLink,
     pub tx: &'a Transaction,
     pub session: &'a str,
@@ -67,8 +69,8 @@ pub enum Fed {
 }
 
 impl DataPhase {
-    pub fn new(shared: &Shared, size_limit: usize) -> Self {
-        let proxy = &shared.config.proxy;
+    pub fn new(config: &crate::config::Config, size_limit: usize) -> Self {
+        let proxy = &config.proxy;
         DataPhase {
             decoder: DataDecoder::new(proxy.bare_newline, proxy.max_line_length, size_limit),
             headers: Vec::new(),
@@ -131,7 +133,7 @@ impl DataPhase {
     async fn decide(&mut self, cx: &mut Context<'_>, header_len: usize) {
         let headers = &self.headers[..header_len];
         let now = crate::now_ms();
-        self.verdict = cx.shared.engine.decide(&cx.tx.envelope, headers, now).await;
+        self.verdict = cx.engine.decide(&cx.tx.envelope, headers, now).await;
         if let (Some(opened), Some(notifier)) = (&self.verdict.opened, &cx.shared.notifier) {
             metrics::counter!(crate::admin::metric::BREAKERS_OPENED).increment(1);
             notifier.breaker_opened(opened, now);

@@ -20,18 +20,18 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let max = shared.config.proxy.max_connections;
+    // Read once: changing these needs a restart (a reload says so).
+    let config = shared.config.load_full();
+    let max = config.proxy.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = Signals {
         draining: shutdown.clone(),
         stop: stop_rx,
     };
-    let grace = shared.config.proxy.shutdown_grace;
+    let grace = config.proxy.shutdown_grace;
     let ids = SessionIds::new();
-    let per_client = Arc::new(PerClient::new(
-        shared.config.proxy.max_connections_per_client,
-    ));
+    let per_client = Arc::new(PerClient::new(config.proxy.max_connections_per_client));
     let pool_shared = shared.clone();
     let pool_shutdown = shutdown.clone();
     let idle_closer = tokio::spawn(async move { pool_shared.pool.close_idle(pool_shutdown).await });

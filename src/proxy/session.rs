@@ -21,6 +21,7 @@ use crate::smtp::client::{ClientError, ClientIdentity, Target, Timeouts};
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
 use crate::verdict::{Action, Verdict};
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,10 +32,12 @@ use tokio::sync::watch;
 /// RFC 4954 4: a line of an AUTH exchange may be this long (base64 of a large ticket).
 const MAX_AUTH_LINE: usize = 12288;
 
-/// What every session shares.
+/// What every session shares. The configuration, the engine and the upstream target are
+/// swapped whole on SIGHUP; each session keeps the ones it started with, so a reload never
+/// changes the rules under a session in flight.
 pub struct Shared {
-    pub config: Arc<Config>,
-    pub engine: Arc<Engine>,
+    pub config: ArcSwap<Config>,
+    pub engine: ArcSwap<Engine>,
     /// Where held messages go (`[quarantine] dir`).
     pub quarantine: Option<Quarantine>,
     /// Alerts to admins and notices to held senders.
@@ -44,7 +47,7 @@ pub struct Shared {
     /// TLS for clients when set (`[proxy] tls_cert` and `tls_key`); SIGHUP swaps it.
     pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// The upstream MTA: address, our EHLO name, deadlines, TLS.
-    pub target: Target,
+    pub target: ArcSwap<Target>,
 }
 
 impl Shared {
@@ -58,14 +61,29 @@ impl Shared {
         let pool = UpstreamPool::new(PoolLimits::from_config(&config.upstream));
         let target = upstream_target(&config).map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
         Ok(Shared {
-            config,
-            engine,
+            config: ArcSwap::new(config),
+            engine: ArcSwap::new(engine),
             quarantine,
             notifier,
             pool,
             tls: arc_swap::ArcSwapOption::empty(),
-            target,
+            target: ArcSwap::new(Arc::new(target)),
         })
+    }
+
+    /// Puts a reloaded configuration, and the engine and upstream built from it, in place for
+    /// the sessions that start from now on. Idle upstream connections to the old target are
+    /// closed.
+    pub async fn reload(&self, config: Arc<Config>, engine: Arc<Engine>) -> Result<(), String> {
+        let target = upstream_target(&config)?;
+        let moved = self.target.load().address != target.address;
+        self.config.store(config);
+        self.engine.store(engine);
+        self.target.store(Arc::new(target));
+        if moved {
+            self.pool.close_all().await;
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +168,10 @@ enum Taken {
 
 pub struct Session<S> {
     shared: Arc<Shared>,
+    /// The configuration, engine and upstream this session started with.
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    target: Arc<Target>,
     id: String,
     peer: SocketAddr,
     client: ClientStream<S>,
@@ -180,9 +202,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         id: String,
         signals: Signals,
     ) -> Self {
-        let deadline = Instant::now() + shared.config.proxy.command_timeout;
+        let config = shared.config.load_full();
+        let engine = shared.engine.load_full();
+        let target = shared.target.load_full();
+        let deadline = Instant::now() + config.proxy.command_timeout;
         Session {
             shared,
+            config,
+            engine,
+            target,
             id,
             peer,
             client: ClientStream::Plain(client),
@@ -203,7 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn config(&self) -> &Config {
-        &self.shared.config
+        &self.config
     }
 
     /// Runs the session to its end; errors are logged, never propagated.
@@ -289,6 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             let mut cx = Context {
                 shared: &self.shared,
+                engine: &self.engine,
                 upstream: &mut self.upstream,
                 tx,
                 session: &self.id,
@@ -424,10 +453,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // The upstream connection is opened now, not at accept: a client that never says
         // EHLO does not tie up one of the MTA's smtpd processes.
         let xclient = self.xclient_identity();
-        let shared = self.shared.clone();
+        let (shared, target) = (self.shared.clone(), self.target.clone());
         if let Err(e) = self
             .upstream
-            .open(&shared.target, &shared.pool, xclient.as_ref())
+            .open(&target, &shared.pool, xclient.as_ref())
             .await
         {
             upstream_unavailable(&e);
@@ -621,11 +650,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let xforward = (self.config().upstream.pass_client.xforward()
             && !self.upstream.knows_client())
         .then(|| self.identity());
-        let shared = self.shared.clone();
+        let (shared, target) = (self.shared.clone(), self.target.clone());
         let result = self
             .upstream
             .mail(
-                &shared.target,
+                &target,
                 &shared.pool,
                 xclient.as_ref(),
                 xforward.as_ref(),
@@ -719,12 +748,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // comes back while the client sends content. Mail that could be held waits for the
         // verdict, so a hold can end the upstream transaction with RSET instead of dropping
         // the connection.
-        let early = !self.shared.engine.could_hold(&tx.envelope);
+        let early = !self.engine.could_hold(&tx.envelope);
         self.reply(reply::START_DATA.as_bytes());
         if early {
             self.upstream.send_data_early().await;
         }
-        let phase = DataPhase::new(&self.shared, self.offered.size_limit);
+        let phase = DataPhase::new(&self.config, self.offered.size_limit);
         self.state = State::Data(Box::new(phase));
         Step::Next
     }
@@ -737,6 +766,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let mut cx = Context {
             shared: &self.shared,
+            engine: &self.engine,
             upstream: &mut self.upstream,
             tx,
             session: &self.id,

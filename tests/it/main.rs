@@ -12,5 +12,6 @@ mod proxy;
 mod proxy_tls;
 mod quarantine;
 mod redis;
+mod reload;
 mod storm;
 mod upstream_reuse;
