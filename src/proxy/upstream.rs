@@ -32,6 +32,8 @@ pub struct UpstreamLink {
     xclient_tried: bool,
     /// ... and the upstream took it: it knows the real client.
     xclient_passed: bool,
+    /// The HELO name and protocol (ESMTP or SMTP) XCLIENT told the upstream.
+    xclient_helo: Option<(String, bool)>,
     /// The client's AUTH exchange, replayed on a new connection.
     auth_lines: Vec<Vec<u8>>,
     /// This connection is authenticated as the client.
@@ -57,6 +59,7 @@ impl UpstreamLink {
             personal: false,
             xclient_tried: false,
             xclient_passed: false,
+            xclient_helo: None,
             auth_lines: Vec::new(),
             authenticated: false,
             stage: Stage::Commands,
@@ -92,6 +95,20 @@ impl UpstreamLink {
         pool: &UpstreamPool,
         xclient: Option<&ClientIdentity>,
     ) -> Result<(), ClientError> {
+        if let Some(identity) = xclient
+            && self.xclient_passed
+            && self.xclient_helo.as_ref() != Some(&(identity.helo.clone(), identity.esmtp))
+            && let Some(stale) = self.conn.take()
+        {
+            // The client said EHLO again under another name, typically inside TLS, where the
+            // name given before STARTTLS is to be forgotten (RFC 3207 4.2). The upstream must
+            // record and judge the new one, and Postfix takes XCLIENT only once from the
+            // proxy: a new connection, told the new name. No transaction is open (HELO ended
+            // it), and an authenticated client is authenticated again on it.
+            tracing::debug!("client changed its HELO name; new upstream connection for XCLIENT");
+            self.stage = Stage::Commands;
+            stale.quit().await;
+        }
         if self.conn.is_none() {
             self.connect(target, pool).await?;
         }
@@ -104,6 +121,9 @@ impl UpstreamLink {
                 Ok(passed) => {
                     self.xclient_passed = passed;
                     self.personal |= passed;
+                    if passed {
+                        self.xclient_helo = Some((identity.helo.clone(), identity.esmtp));
+                    }
                 }
                 Err(e) => {
                     self.drop_connection();
@@ -132,6 +152,7 @@ impl UpstreamLink {
         self.from_pool = from_pool;
         self.xclient_tried = false;
         self.xclient_passed = false;
+        self.xclient_helo = None;
         self.authenticated = false;
         self.personal = false;
         self.stage = Stage::Commands;
