@@ -459,6 +459,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .open(&target, &shared.pool, xclient.as_ref())
             .await
         {
+            if self.upstream.auth_lost() {
+                return self.auth_lost(&e);
+            }
             upstream_unavailable(&e);
             tracing::warn!(session = %self.id, client = %self.peer, error = %e, "upstream unavailable at HELO; session refused");
             self.reply(reply::UPSTREAM_UNAVAILABLE.as_bytes());
@@ -680,6 +683,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply(&r.raw);
                 Step::Next
             }
+            Err(e) if self.upstream.auth_lost() => self.auth_lost(&e),
             Err(
                 e @ (ClientError::Connect { .. } | ClientError::Refused(_) | ClientError::Tls(_)),
             ) => {
@@ -796,6 +800,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.tx.take().is_some() {
             self.upstream.reset().await;
         }
+    }
+
+    /// A new upstream connection would not take the client's AUTH again (CRAM-MD5 and SCRAM
+    /// answer one challenge only): 421, so that the client reconnects and authenticates
+    /// rather than have its mail refused as unauthenticated.
+    fn auth_lost(&mut self, e: &ClientError) -> Step {
+        tracing::warn!(session = %self.id, client = %self.peer, auth = self.auth.as_deref().unwrap_or(""), error = %e, "authentication not carried over to a new upstream connection; client told to reconnect");
+        self.tx = None;
+        self.reply(reply::AUTH_LOST.as_bytes());
+        Step::Close
     }
 
     /// The upstream failed mid-transaction: drop it (it abandons the transaction), 451 4.4.2.

@@ -243,16 +243,12 @@ fn delivered(t: &str) -> String {
 /// so an absence there is final.
 fn settle() {
     let w = world();
-    let queue = wait_for(|| {
-        let out = std::process::Command::new("/usr/sbin/postqueue")
-            .arg("-c")
-            .arg(w.postfix.0.dir.join("conf"))
-            .arg("-j")
-            .output()
-            .ok()?;
-        (out.status.success() && out.stdout.is_empty()).then_some(())
-    });
-    assert!(queue.is_some(), "Postfix's queue never emptied");
+    let emptied = wait_for(|| w.postfix.queue().trim().is_empty()).is_some();
+    assert!(
+        emptied,
+        "Postfix's queue never emptied:\n{}",
+        w.postfix.queue()
+    );
 }
 
 /// A swaks run through the STARTTLS proxy, the proxy's certificate verified against the CA.
@@ -439,6 +435,16 @@ fn a_wrong_password_gets_postfixs_535_and_nothing_is_relayed() {
         "{out}"
     );
     assert!(!out.contains("Ok: queued"), "{out}");
+    // The refusal is Postfix's: its SASL checked the password the proxy relayed.
+    assert!(
+        wait_for(|| world()
+            .postfix
+            .maillog()
+            .contains("SASL PLAIN authentication failed"))
+        .is_some(),
+        "{}",
+        world().postfix.maillog()
+    );
     settle();
     assert!(world().sink.mentioning(&t).is_empty());
 }
@@ -519,6 +525,93 @@ fn implicit_tls_works_the_same() {
     plain.send(b"EHLO plain.test\r\n");
     let r = plain.reply();
     assert!(!r.starts_with("220") && !r.starts_with("250"), "{r:?}");
+}
+
+/// The CRAM-MD5 response to a base64 challenge: the user name and HMAC-MD5(password,
+/// challenge) in hex, base64-encoded (RFC 2195), computed by the openssl command.
+fn cram_md5(challenge_b64: &str) -> String {
+    let challenge = B64
+        .decode(challenge_b64.trim())
+        .expect("a base64 challenge");
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-md5", "-r", "-hmac", PASSWORD])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(&challenge).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout);
+    let digest = hex.split_whitespace().next().expect("a digest");
+    B64.encode(format!("{USER} {digest}"))
+}
+
+/// A message the proxy refuses mid-DATA (a bare LF) after it sent DATA upstream: the only way
+/// to abandon it is to drop the upstream connection, so the session's next message needs a
+/// new one, authenticated again. PLAIN and LOGIN are replayed; a CRAM-MD5 answer is good for
+/// one challenge only, so the proxy tells the client to reconnect (421) instead of letting
+/// Postfix refuse the next message as unauthenticated (554, a bounce for the user).
+#[test]
+fn after_a_dropped_upstream_the_login_is_carried_over_or_the_client_reconnects() {
+    let w = world();
+    let flawed = |c: &mut Client<Tls>, t: &str| {
+        let r = c.message(
+            &format!("{t}@corp.test"),
+            &["rcpt@corp.test"],
+            &format!("Subject: {t}-flawed\r\n\r\nbare\nline feed\r\n"),
+        );
+        assert!(r.starts_with("550 5.5.2"), "{r}");
+    };
+
+    // PLAIN: replayed on the new connection, the next message relayed.
+    let t = token("replay-plain");
+    let (mut c, _) = starttls(w.starttls.port, &w.ca);
+    assert!(c.cmd(&auth_plain(USER, PASSWORD)).starts_with("235"));
+    flawed(&mut c, &t);
+    let r = c.message(&format!("{t}@corp.test"), &["rcpt@corp.test"], &content(&t));
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+    assert!(delivered(&t).contains(AUTHENTICATED));
+
+    // CRAM-MD5: one round trip with Postfix's challenge, relayed lockstep.
+    let t = token("replay-cram");
+    let (mut c, _) = starttls(w.starttls.port, &w.ca);
+    let challenge = c.cmd("AUTH CRAM-MD5");
+    let challenge = challenge
+        .strip_prefix("334 ")
+        .unwrap_or_else(|| panic!("{challenge}"));
+    let r = c.cmd(&cram_md5(challenge));
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    let r = c.message(&format!("{t}@corp.test"), &["rcpt@corp.test"], &content(&t));
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+    assert!(delivered(&t).contains(AUTHENTICATED));
+    flawed(&mut c, &t);
+    let t2 = token("replay-cram-next");
+    let r = c.message(
+        &format!("{t2}@corp.test"),
+        &["rcpt@corp.test"],
+        &content(&t2),
+    );
+    assert!(r.starts_with("421 4.7.0"), "reconnect, not a refusal: {r}");
+    assert_eq!(c.reply(), "", "closed after the 421");
+    // The client does what it was told: a new session, a new challenge, the message sent.
+    let (mut c, _) = starttls(w.starttls.port, &w.ca);
+    let challenge = c.cmd("AUTH CRAM-MD5");
+    let r = c.cmd(&cram_md5(challenge.trim_start_matches("334 ")));
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    let r = c.message(
+        &format!("{t2}@corp.test"),
+        &["rcpt@corp.test"],
+        &content(&t2),
+    );
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+    settle();
+    assert_eq!(w.sink.mentioning(&t2).len(), 1, "sent once, delivered once");
+    let told = w.starttls.log_lines("client told to reconnect");
+    assert!(
+        told.iter().any(|l| l["auth"] == USER),
+        "{}",
+        w.starttls.log()
+    );
 }
 
 /// `[policy] exempt_senders` may name the login: that user's wide replies are never counted

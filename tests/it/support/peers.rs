@@ -262,6 +262,11 @@ impl PostfixSasl {
         self.0.dir.join("tls/ca.crt")
     }
 
+    /// Its queue, one JSON object a line (`postqueue -j`): empty when all went out.
+    pub fn queue(&self) -> String {
+        self.0.ask("queue", &[])
+    }
+
     pub fn maillog(&self) -> String {
         std::fs::read_to_string(self.0.path("maillog")).unwrap_or_default()
     }
