@@ -40,10 +40,12 @@ struct World {
     implicit: Stormbreaker,
 }
 
-/// `[upstream]` keys: STARTTLS to the SASL Postfix, its certificate checked against its CA.
+/// `[upstream]` keys as README.md's submission setup has them: STARTTLS to the SASL Postfix,
+/// its certificate checked against its CA for the name it carries (the address is
+/// 127.0.0.1), the real client passed with XCLIENT.
 fn upstream_tls(postfix: &PostfixSasl) -> String {
     format!(
-        "tls = \"starttls\"\ntls_ca = \"{}\"",
+        "tls = \"starttls\"\ntls_ca = \"{}\"\ntls_name = \"localhost\"\npass_client = true",
         postfix.ca().display()
     )
 }
@@ -62,12 +64,13 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let sink = Sink::start();
-        // XCLIENT from the proxy: Postfix's restrictions and logs see the real client.
+        // As README.md's submission entry: TLS required before anything but EHLO, and
+        // XCLIENT from the proxy, so that Postfix's restrictions and logs see the real client.
         let postfix = PostfixSasl::start(
             sink.port(),
             USER,
             PASSWORD,
-            "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
+            "smtpd_tls_security_level = encrypt\nsmtpd_authorized_xclient_hosts = 127.0.0.0/8",
         );
         postfix.0.stop_at_exit();
         let ca = TestCa::new(&[PROXY_NAME]);
