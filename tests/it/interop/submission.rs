@@ -51,11 +51,11 @@ fn upstream_tls(postfix: &PostfixSasl) -> String {
 }
 
 /// A submission proxy in front of the world's Postfix; `policy` after every section.
-fn submission_proxy(w_postfix: &PostfixSasl, ca: &TestCa, tls: &str, policy: &str) -> Stormbreaker {
+fn submission_proxy(postfix: &PostfixSasl, ca: &TestCa, tls: &str, policy: &str) -> Stormbreaker {
     Stormbreaker::proxy_with(
-        w_postfix.port(),
+        postfix.port(),
         &format!("{}\ntls = \"{tls}\"", ca.proxy_keys()),
-        &upstream_tls(w_postfix),
+        &upstream_tls(postfix),
         policy,
     )
 }
@@ -74,6 +74,7 @@ fn world() -> &'static World {
         );
         postfix.0.stop_at_exit();
         let ca = TestCa::new(&[PROXY_NAME]);
+        ca.remove_at_exit();
         let starttls = submission_proxy(&postfix, &ca, "starttls", "");
         starttls.kill_at_exit();
         let implicit = submission_proxy(&postfix, &ca, "implicit", "");

@@ -287,6 +287,14 @@ impl TestCa {
         TestCa { dir }
     }
 
+    /// For one kept in a static: its folder is removed when the test process exits.
+    pub fn remove_at_exit(&self) {
+        let dir = self.dir.path().to_path_buf();
+        at_exit(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
     }
