@@ -37,6 +37,7 @@ pub const AUTH_NEEDS_TLS: &str =
 pub const AUTH_ALREADY: &str = "503 5.5.1 Already authenticated\r\n";
 pub const AUTH_IN_TRANSACTION: &str = "503 5.5.1 AUTH not permitted during a mail transaction\r\n";
 pub const AUTH_MECHANISM_UNKNOWN: &str = "504 5.5.4 Unrecognized authentication type\r\n";
+pub const AUTH_LOST: &str = "421 4.7.0 Authentication not carried over to the mail server, reconnect and authenticate again\r\n";
 pub const NEED_MAIL_BEFORE_DATA: &str = "503 5.5.1 Need MAIL before DATA\r\n";
 pub const BAD_HELO: &str = "501 5.5.4 Invalid EHLO/HELO argument\r\n";
 pub const NEED_RCPT: &str = "503 5.5.1 Need RCPT before DATA\r\n";

@@ -459,6 +459,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .open(&target, &shared.pool, xclient.as_ref())
             .await
         {
+            if self.upstream.auth_lost() {
+                return self.auth_lost(&e);
+            }
             upstream_unavailable(&e);
             tracing::warn!(session = %self.id, client = %self.peer, error = %e, "upstream unavailable at HELO; session refused");
             self.reply(reply::UPSTREAM_UNAVAILABLE.as_bytes());
@@ -680,6 +683,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply(&r.raw);
                 Step::Next
             }
+            Err(e) if self.upstream.auth_lost() => self.auth_lost(&e),
             Err(
                 e @ (ClientError::Connect { .. } | ClientError::Refused(_) | ClientError::Tls(_)),
             ) => {
@@ -796,6 +800,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.tx.take().is_some() {
             self.upstream.reset().await;
         }
+    }
+
+    /// A new upstream connection would not take the client's AUTH again (CRAM-MD5 and SCRAM
+    /// answer one challenge only): 421, so that the client reconnects and authenticates
+    /// rather than have its mail refused as unauthenticated.
+    fn auth_lost(&mut self, e: &ClientError) -> Step {
+        tracing::warn!(session = %self.id, client = %self.peer, auth = self.auth.as_deref().unwrap_or(""), error = %e, "authentication not carried over to a new upstream connection; client told to reconnect");
+        self.tx = None;
+        self.reply(reply::AUTH_LOST.as_bytes());
+        Step::Close
     }
 
     /// The upstream failed mid-transaction: drop it (it abandons the transaction), 451 4.4.2.
@@ -1287,6 +1301,81 @@ mod tests {
             }
         });
         (addr, accepted)
+    }
+
+    /// A scripted upstream that offers XCLIENT and records every line, per connection.
+    async fn recording_xclient_upstream() -> (String, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = {
+                    let mut all = log.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    let _ = w.write_all(b"220 up\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        log.lock().unwrap()[n].push(line.clone());
+                        let reply: &[u8] = if line.starts_with("EHLO") {
+                            b"250-up\r\n250 XCLIENT NAME ADDR PROTO HELO\r\n"
+                        } else if line.starts_with("XCLIENT") {
+                            b"220 up again\r\n"
+                        } else if line.starts_with("QUIT") {
+                            b"221 bye\r\n"
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        let _ = w.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// RFC 3207 4.2: after STARTTLS the client's first EHLO is forgotten; an upstream told the
+    /// old name with XCLIENT must hear the new one (Postfix takes XCLIENT once per connection
+    /// from the proxy, so on a new connection). The same name again costs nothing.
+    #[tokio::test]
+    async fn a_new_helo_name_reaches_the_upstream_through_xclient() {
+        let (addr, seen) = recording_xclient_upstream().await;
+        let h = Harness::new(&addr, "", "").await;
+        let mut c = h.connect().await;
+        assert!(c.cmd("EHLO before.test").await.starts_with("250"));
+        assert!(c.cmd("EHLO before.test").await.starts_with("250"));
+        assert!(c.cmd("EHLO after.test").await.starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@corp.test>").await.starts_with("250"));
+        let xclients = |conn: &[String]| -> Vec<String> {
+            conn.iter()
+                .filter(|l| l.starts_with("XCLIENT"))
+                .cloned()
+                .collect()
+        };
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.len(),
+            2,
+            "one new connection for the new name: {seen:?}"
+        );
+        let first = xclients(&seen[0]);
+        assert_eq!(first.len(), 1, "{seen:?}");
+        assert!(first[0].contains("HELO=before.test"), "{first:?}");
+        assert_eq!(seen[0].last().map(String::as_str), Some("QUIT"), "{seen:?}");
+        let second = xclients(&seen[1]);
+        assert_eq!(second.len(), 1, "{seen:?}");
+        assert!(second[0].contains("HELO=after.test"), "{second:?}");
+        assert!(
+            seen[1]
+                .iter()
+                .any(|l| l.starts_with("MAIL FROM:<a@corp.test>"))
+        );
     }
 
     #[tokio::test]

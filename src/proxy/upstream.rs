@@ -32,10 +32,14 @@ pub struct UpstreamLink {
     xclient_tried: bool,
     /// ... and the upstream took it: it knows the real client.
     xclient_passed: bool,
+    /// The HELO name and protocol (ESMTP or SMTP) XCLIENT told the upstream.
+    xclient_helo: Option<(String, bool)>,
     /// The client's AUTH exchange, replayed on a new connection.
     auth_lines: Vec<Vec<u8>>,
     /// This connection is authenticated as the client.
     authenticated: bool,
+    /// A new connection would not take the client's AUTH again (see `replay_auth`).
+    auth_lost: bool,
     stage: Stage,
     /// Dot-stuffing state of the content sent so far.
     at_line_start: bool,
@@ -57,8 +61,10 @@ impl UpstreamLink {
             personal: false,
             xclient_tried: false,
             xclient_passed: false,
+            xclient_helo: None,
             auth_lines: Vec::new(),
             authenticated: false,
+            auth_lost: false,
             stage: Stage::Commands,
             at_line_start: true,
             ends_with_crlf: true,
@@ -92,6 +98,20 @@ impl UpstreamLink {
         pool: &UpstreamPool,
         xclient: Option<&ClientIdentity>,
     ) -> Result<(), ClientError> {
+        if let Some(identity) = xclient
+            && self.xclient_passed
+            && self.xclient_helo.as_ref() != Some(&(identity.helo.clone(), identity.esmtp))
+            && let Some(stale) = self.conn.take()
+        {
+            // The client said EHLO again under another name, typically inside TLS, where the
+            // name given before STARTTLS is to be forgotten (RFC 3207 4.2). The upstream must
+            // record and judge the new one, and Postfix takes XCLIENT only once from the
+            // proxy: a new connection, told the new name. No transaction is open (HELO ended
+            // it), and an authenticated client is authenticated again on it.
+            tracing::debug!("client changed its HELO name; new upstream connection for XCLIENT");
+            self.stage = Stage::Commands;
+            stale.quit().await;
+        }
         if self.conn.is_none() {
             self.connect(target, pool).await?;
         }
@@ -104,6 +124,9 @@ impl UpstreamLink {
                 Ok(passed) => {
                     self.xclient_passed = passed;
                     self.personal |= passed;
+                    if passed {
+                        self.xclient_helo = Some((identity.helo.clone(), identity.esmtp));
+                    }
                 }
                 Err(e) => {
                     self.drop_connection();
@@ -132,6 +155,7 @@ impl UpstreamLink {
         self.from_pool = from_pool;
         self.xclient_tried = false;
         self.xclient_passed = false;
+        self.xclient_helo = None;
         self.authenticated = false;
         self.personal = false;
         self.stage = Stage::Commands;
@@ -202,6 +226,17 @@ impl UpstreamLink {
         self.personal = true;
     }
 
+    /// Whether the client's authentication could not be carried to a new connection: the
+    /// client must reconnect and authenticate again.
+    pub fn auth_lost(&self) -> bool {
+        self.auth_lost
+    }
+
+    /// Authenticates a new connection with the client's own AUTH lines. A mechanism whose
+    /// answer depends on a fresh challenge (CRAM-MD5, SCRAM) cannot be replayed: then the
+    /// connection is dropped and `auth_lost` set, since on an unauthenticated connection the
+    /// upstream would refuse the client's next message for good (554 relay denied), where
+    /// the client only needs to authenticate again.
     async fn replay_auth(&mut self) -> Result<(), ClientError> {
         self.personal = true;
         let lines = std::mem::take(&mut self.auth_lines);
@@ -211,9 +246,13 @@ impl UpstreamLink {
             match self.command(line).await {
                 Ok(r) if (last && r.code == 235) || (!last && r.code == 334) => {}
                 Ok(r) => {
-                    // A mechanism with a fresh challenge (CRAM-MD5, SCRAM) cannot be replayed:
-                    // the upstream then refuses what needs authentication, and says so.
                     tracing::warn!(reply = %r.summary(), "upstream refused the replayed AUTH");
+                    self.drop_connection();
+                    self.auth_lost = true;
+                    result = Err(ClientError::Refused(format!(
+                        "replayed AUTH: {}",
+                        r.summary()
+                    )));
                     break;
                 }
                 Err(e) => {
@@ -362,5 +401,126 @@ impl UpstreamLink {
         if let Some(conn) = unkept {
             conn.quit().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::pool::PoolLimits;
+    use crate::smtp::client::Timeouts;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// An upstream offering AUTH PLAIN and CRAM-MD5 with a fresh challenge per connection:
+    /// a PLAIN line is good on every connection, a CRAM-MD5 answer only for the challenge of
+    /// the connection it was made for.
+    async fn challenging_upstream() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    let _ = w.write_all(b"220 up\r\n").await;
+                    let mut in_cram = false;
+                    let mut authenticated = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply = if in_cram {
+                            in_cram = false;
+                            authenticated = line == format!("answer-to-{n}");
+                            if authenticated {
+                                "235 ok\r\n"
+                            } else {
+                                "535 no\r\n"
+                            }
+                        } else if line.starts_with("EHLO") {
+                            "250-up\r\n250 AUTH PLAIN CRAM-MD5\r\n"
+                        } else if line == "AUTH CRAM-MD5" {
+                            in_cram = true;
+                            "334 challenge\r\n"
+                        } else if line.starts_with("AUTH PLAIN ") {
+                            authenticated = true;
+                            "235 ok\r\n"
+                        } else if line.starts_with("MAIL") && !authenticated {
+                            "530 authentication required\r\n"
+                        } else {
+                            "250 ok\r\n"
+                        };
+                        let _ = w.write_all(reply.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn target(address: String) -> Target {
+        Target {
+            address,
+            hostname: "sb.test".into(),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(5),
+                reply: Duration::from_secs(5),
+            },
+            tls: None,
+        }
+    }
+
+    fn pool() -> UpstreamPool {
+        UpstreamPool::new(PoolLimits {
+            size: 0,
+            idle_time: Duration::from_secs(1),
+            count_limit: 1,
+            time_limit: Duration::from_secs(1),
+        })
+    }
+
+    /// Authenticates `link` with `lines` as a client would through the proxy.
+    async fn authenticate(link: &mut UpstreamLink, lines: &[&[u8]]) {
+        for line in lines {
+            let r = link.command(line).await.unwrap();
+            assert!(r.code == 334 || r.code == 235, "{}", r.summary());
+        }
+        link.authenticated_with(lines.iter().map(|l| l.to_vec()).collect());
+    }
+
+    #[tokio::test]
+    async fn a_replayable_login_follows_the_client_to_a_new_connection() {
+        let target = target(challenging_upstream().await);
+        let pool = pool();
+        let mut link = UpstreamLink::new();
+        link.open(&target, &pool, None).await.unwrap();
+        authenticate(&mut link, &[b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n"]).await;
+        // A message abandoned mid-DATA drops the connection.
+        link.drop_connection();
+        let r = link
+            .mail(&target, &pool, None, None, b"MAIL FROM:<a@corp.test>\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250, "{}", r.summary());
+        assert!(!link.auth_lost());
+    }
+
+    #[tokio::test]
+    async fn a_challenge_answer_that_cannot_be_replayed_is_reported_not_hidden() {
+        let target = target(challenging_upstream().await);
+        let pool = pool();
+        let mut link = UpstreamLink::new();
+        link.open(&target, &pool, None).await.unwrap();
+        authenticate(&mut link, &[b"AUTH CRAM-MD5\r\n", b"answer-to-0\r\n"]).await;
+        link.drop_connection();
+        // On the new connection the old answer fails: no MAIL goes out unauthenticated.
+        let result = link
+            .mail(&target, &pool, None, None, b"MAIL FROM:<a@corp.test>\r\n")
+            .await;
+        assert!(result.is_err(), "{:?}", result.map(|r| r.summary()));
+        assert!(link.auth_lost());
+        assert!(!link.is_open());
     }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod corpus;
+mod interop;
 mod milter;
 mod proxy;
 mod proxy_tls;

@@ -7,12 +7,15 @@
 //! - `sink`: the recording sink every message ends at, and misbehaving upstreams.
 //! - `stormbreaker`: the real binary as proxy, milter or administrator's command.
 //! - `redis`: redis-server processes.
+//! - `peers`: the other real MTAs of `scripts/peers/` (Exim, Sendmail, Postfix with SASL), a
+//!   test CA and a TCP tap.
 //! - `clients`: swaks, Python's smtplib, raw sockets for crafted bytes.
 //! - `logs`: log lines of in-process library code, captured per test thread.
 //! - `wait`: the one way to wait for something asynchronous.
 
 pub mod clients;
 pub mod logs;
+pub mod peers;
 pub mod postfix;
 pub mod redis;
 pub mod sink;
