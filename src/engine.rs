@@ -120,11 +120,16 @@ impl Engine {
     /// Decides for one message. `headers` is the raw header block (up to the empty line);
     /// `now_ms` is Unix time in milliseconds, passed in so storms can be simulated.
     pub async fn decide(&self, envelope: &Envelope, headers: &[u8], now_ms: u64) -> Verdict {
-        let Some(audience) = self.wide_audience(envelope) else {
-            return Verdict::DELIVER;
+        let started = std::time::Instant::now();
+        let verdict = match self.wide_audience(envelope) {
+            None => Verdict::DELIVER,
+            Some(audience) => {
+                let keys = fingerprint::parse_headers(headers);
+                self.decide_wide(envelope, &keys, audience, now_ms).await
+            }
         };
-        let keys = fingerprint::parse_headers(headers);
-        self.decide_wide(envelope, &keys, audience, now_ms).await
+        record_decision_time(started);
+        verdict
     }
 
     /// `decide` with the headers already fingerprinted (`fingerprint::parse_headers`).
@@ -134,10 +139,13 @@ impl Engine {
         keys: &ThreadKeys,
         now_ms: u64,
     ) -> Verdict {
-        let Some(audience) = self.wide_audience(envelope) else {
-            return Verdict::DELIVER;
+        let started = std::time::Instant::now();
+        let verdict = match self.wide_audience(envelope) {
+            None => Verdict::DELIVER,
+            Some(audience) => self.decide_wide(envelope, keys, audience, now_ms).await,
         };
-        self.decide_wide(envelope, keys, audience, now_ms).await
+        record_decision_time(started);
+        verdict
     }
 
     /// The audience when the message is wide and neither sender nor list is exempt.
@@ -389,10 +397,21 @@ impl Engine {
         self.store.open_breakers(now_ms).await
     }
 
+    /// Whether the state store answers (for readiness checks).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     /// Thread keys tracked by the state store.
     pub async fn tracked_threads(&self) -> Result<usize, StoreError> {
         self.store.tracked().await
     }
+}
+
+/// The decision-time histogram (a no-op until the server installs the metrics recorder).
+fn record_decision_time(started: std::time::Instant) {
+    metrics::histogram!(crate::admin::metric::DECISION_SECONDS)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn list_rule(list: &crate::config::ListConfig) -> ListRule {
