@@ -147,7 +147,7 @@ function renderStorms() {
       name,
       status,
       el("td", s.subject || ""),
-      el("td", s.list || ""),
+      el("td", s.list || "", "wrap"),
       el("td", s.held, "num"),
       el("td", s.senders, "num"),
       el("td", s.audience.toLocaleString(), "num"),

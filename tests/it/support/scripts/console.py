@@ -57,7 +57,7 @@ with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sb-chromium.", 
         executable_path="/usr/bin/chromium",
         headless=True,
         args=ARGS,
-        viewport={"width": 1040, "height": 760},
+        viewport={"width": 1040, "height": 900},
         device_scale_factor=1,
     )
     browser.set_default_timeout(60_000)
@@ -104,7 +104,7 @@ with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sb-chromium.", 
     expect(rows).to_have_count(held_count - 1)
     page.get_by_label("Show", exact=True).select_option(label="held and released")
     expect(page.locator("#held tbody tr", has_text=released_id)).to_contain_text("released")
-    page.locator("#held-title").scroll_into_view_if_needed()
+    page.evaluate("document.getElementById('held-title').scrollIntoView()")
     page.screenshot(path=os.path.join(shots, "console-held.png"))
     report["released_id"] = released_id
 
