@@ -133,7 +133,6 @@ function renderStorms() {
   $("no-storms").hidden = state.storms.length > 0;
   for (const s of state.storms) {
     const tr = document.createElement("tr");
-    tr.tabIndex = 0;
     if (s.id === state.selectedStorm) tr.className = "selected";
     const name = el("td");
     const open = el("button", s.id, "link");
@@ -154,8 +153,9 @@ function renderStorms() {
       el("td", s.deliveries_avoided.toLocaleString(), "num"),
       el("td", s.last_at ? when(Date.parse(s.last_at)) : ""),
     );
-    tr.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") selectStorm(s.id);
+    // A click anywhere on the row opens it too; keyboards use the storm's button.
+    tr.addEventListener("click", (e) => {
+      if (e.target === tr || e.target.tagName === "TD") selectStorm(s.id);
     });
     body.append(tr);
   }
