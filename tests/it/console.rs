@@ -16,6 +16,8 @@ struct Console {
     proxy: Stormbreaker,
     port: u16,
     token: String,
+    /// The token file (in `_tokens`).
+    tokens_path: PathBuf,
     _tokens: tempfile::TempDir,
 }
 
@@ -38,6 +40,7 @@ impl Console {
             proxy,
             port,
             token,
+            tokens_path: path,
             _tokens: tokens,
         }
     }
@@ -416,5 +419,49 @@ fn check_config_wants_a_private_token_file_before_leaving_loopback() {
         text(&out).contains("admin.token_file") && text(&out).contains("chmod 600"),
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn sighup_reads_the_token_file_again() {
+    let console = Console::start(10);
+    let port = console.port;
+    let login = http::post_json(
+        port,
+        "/api/login",
+        &[],
+        &serde_json::json!({ "token": console.token }),
+    );
+    let session = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        http::get(port, "/api/storms", &[("Cookie", &session)]).status,
+        200
+    );
+    // Alice's token is replaced by Bob's.
+    let bob = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(&console.tokens_path, format!("bob:{bob}\n")).unwrap();
+    console.proxy.signal("-HUP");
+    let bearer = format!("Bearer {bob}");
+    assert!(
+        wait_for(|| http::get(port, "/api/storms", &[("Authorization", &bearer)]).status == 200)
+            .is_some(),
+        "the new token works after SIGHUP: {}",
+        console.proxy.log()
+    );
+    assert_eq!(
+        console.get("/api/storms").status,
+        401,
+        "the old token no longer does"
+    );
+    assert_eq!(
+        http::get(port, "/api/storms", &[("Cookie", &session)]).status,
+        401,
+        "sessions of a name no longer in the file end"
     );
 }
