@@ -31,6 +31,9 @@ pub struct Engine {
     on_unavailable: StateFallback,
     /// In-process counters used while a shared store does not answer (`on_unavailable = local`).
     fallback: OnceLock<MemoryStore>,
+    /// `decide`'s time, to the recorder installed when the engine was built (none: no-op). A
+    /// handle, so a decision does not look the metric up by name.
+    decision_seconds: metrics::Histogram,
 }
 
 impl Engine {
@@ -93,6 +96,7 @@ impl Engine {
             store,
             on_unavailable: config.state.on_unavailable,
             fallback: OnceLock::new(),
+            decision_seconds: metrics::histogram!(crate::admin::metric::DECISION_SECONDS),
         })
     }
 
@@ -128,7 +132,8 @@ impl Engine {
                 self.decide_wide(envelope, &keys, audience, now_ms).await
             }
         };
-        record_decision_time(started);
+        self.decision_seconds
+            .record(started.elapsed().as_secs_f64());
         verdict
     }
 
@@ -144,7 +149,8 @@ impl Engine {
             None => Verdict::DELIVER,
             Some(audience) => self.decide_wide(envelope, keys, audience, now_ms).await,
         };
-        record_decision_time(started);
+        self.decision_seconds
+            .record(started.elapsed().as_secs_f64());
         verdict
     }
 
@@ -406,12 +412,6 @@ impl Engine {
     pub async fn tracked_threads(&self) -> Result<usize, StoreError> {
         self.store.tracked().await
     }
-}
-
-/// The decision-time histogram (a no-op until the server installs the metrics recorder).
-fn record_decision_time(started: std::time::Instant) {
-    metrics::histogram!(crate::admin::metric::DECISION_SECONDS)
-        .record(started.elapsed().as_secs_f64());
 }
 
 fn list_rule(list: &crate::config::ListConfig) -> ListRule {
