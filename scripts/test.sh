@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis, swaks, openssl for a test certificate) when they are missing,
+# tests talk to (Postfix, Redis, swaks, openssl for a test certificate, Chromium and Python's
+# playwright and prometheus_client for the console and metrics tests) when they are missing,
 # then runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ command -v smtp-sink >/dev/null || need+=(postfix)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v swaks >/dev/null || need+=(swaks)
 command -v openssl >/dev/null || need+=(openssl)
+# The console test drives Debian's Chromium by its path (never a browser Playwright downloads).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; run as root to install them" >&2
@@ -19,7 +22,21 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -q
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix redis-server swaks openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+# Python packages: Playwright (the library only; `playwright install` is never run) and
+# prometheus_client (its text parser reads /metrics as Prometheus does).
+pip_need=()
+python3 -c "import playwright" 2>/dev/null || pip_need+=(playwright)
+python3 -c "import prometheus_client" 2>/dev/null || pip_need+=(prometheus_client)
+if [ ${#pip_need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: missing Python packages ${pip_need[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "installing ${pip_need[*]} (pip)"
+  python3 -m pip install -q "${pip_need[@]}"
 fi
 
 # The other real MTAs (Exim, Sendmail, Postfix with SASL; scripts/peers/README.md): installed or

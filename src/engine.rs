@@ -31,6 +31,9 @@ pub struct Engine {
     on_unavailable: StateFallback,
     /// In-process counters used while a shared store does not answer (`on_unavailable = local`).
     fallback: OnceLock<MemoryStore>,
+    /// `decide`'s time, to the recorder installed when the engine was built (none: no-op). A
+    /// handle, so a decision does not look the metric up by name.
+    decision_seconds: metrics::Histogram,
 }
 
 impl Engine {
@@ -93,6 +96,7 @@ impl Engine {
             store,
             on_unavailable: config.state.on_unavailable,
             fallback: OnceLock::new(),
+            decision_seconds: metrics::histogram!(crate::admin::metric::DECISION_SECONDS),
         })
     }
 
@@ -120,11 +124,17 @@ impl Engine {
     /// Decides for one message. `headers` is the raw header block (up to the empty line);
     /// `now_ms` is Unix time in milliseconds, passed in so storms can be simulated.
     pub async fn decide(&self, envelope: &Envelope, headers: &[u8], now_ms: u64) -> Verdict {
-        let Some(audience) = self.wide_audience(envelope) else {
-            return Verdict::DELIVER;
+        let started = std::time::Instant::now();
+        let verdict = match self.wide_audience(envelope) {
+            None => Verdict::DELIVER,
+            Some(audience) => {
+                let keys = fingerprint::parse_headers(headers);
+                self.decide_wide(envelope, &keys, audience, now_ms).await
+            }
         };
-        let keys = fingerprint::parse_headers(headers);
-        self.decide_wide(envelope, &keys, audience, now_ms).await
+        self.decision_seconds
+            .record(started.elapsed().as_secs_f64());
+        verdict
     }
 
     /// `decide` with the headers already fingerprinted (`fingerprint::parse_headers`).
@@ -134,10 +144,14 @@ impl Engine {
         keys: &ThreadKeys,
         now_ms: u64,
     ) -> Verdict {
-        let Some(audience) = self.wide_audience(envelope) else {
-            return Verdict::DELIVER;
+        let started = std::time::Instant::now();
+        let verdict = match self.wide_audience(envelope) {
+            None => Verdict::DELIVER,
+            Some(audience) => self.decide_wide(envelope, keys, audience, now_ms).await,
         };
-        self.decide_wide(envelope, keys, audience, now_ms).await
+        self.decision_seconds
+            .record(started.elapsed().as_secs_f64());
+        verdict
     }
 
     /// The audience when the message is wide and neither sender nor list is exempt.
@@ -387,6 +401,11 @@ impl Engine {
 
     pub async fn try_open_breakers(&self, now_ms: u64) -> Result<Vec<BreakerStatus>, StoreError> {
         self.store.open_breakers(now_ms).await
+    }
+
+    /// Whether the state store answers (for readiness checks).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.store.ping().await
     }
 
     /// Thread keys tracked by the state store.

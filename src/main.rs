@@ -36,7 +36,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// See, trip or reset breakers in a running stormbreaker (through `[admin] listen`).
+    /// See, trip or reset breakers in a running stormbreaker (through `[admin] listen`, with
+    /// the token of `[admin] token_file` named like the user running it, else the first).
     Breaker {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
@@ -65,39 +66,24 @@ enum ConfigCommand {
 enum BreakerCommand {
     /// Breakers open now, as JSON.
     List,
-    /// Open a thread's breaker by hand, e.g. `subj:quarterly results` or `ref:<id@host>`.
+    /// Open a thread's breaker by hand: a key starting with tidx:, mid:, subj: or metoo:,
+    /// e.g. `subj:quarterly results` or `mid:id@host` (no angle brackets).
     Trip { key: String },
     /// Close a thread's breaker and forget its counts.
     Reset { key: String },
 }
 
 fn breaker(config: &Config, command: BreakerCommand) -> anyhow::Result<ExitCode> {
-    let Some(addr) = config.admin.listen else {
-        anyhow::bail!(
-            "[admin] listen is not set in the policy file: the breaker commands talk to it"
-        );
-    };
+    let client = stormbreaker::admin::client::AdminClient::from_config(config)?;
+    let encode = stormbreaker::admin::client::encode;
     let (method, path) = match &command {
         BreakerCommand::List => ("GET", "/breakers".to_string()),
-        BreakerCommand::Trip { key } => (
-            "POST",
-            format!(
-                "/breakers/trip?key={}",
-                stormbreaker::admin::client::encode(key)
-            ),
-        ),
-        BreakerCommand::Reset { key } => (
-            "POST",
-            format!(
-                "/breakers/reset?key={}",
-                stormbreaker::admin::client::encode(key)
-            ),
-        ),
+        BreakerCommand::Trip { key } => ("POST", format!("/breakers/trip?key={}", encode(key))),
+        BreakerCommand::Reset { key } => ("POST", format!("/breakers/reset?key={}", encode(key))),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let (status, body) =
-        runtime.block_on(stormbreaker::admin::client::request(addr, method, &path))?;
-    print!("{body}");
+    let (status, body) = runtime.block_on(client.request(method, &path))?;
+    println!("{}", body.trim_end());
     Ok(if status == 200 {
         ExitCode::SUCCESS
     } else {
@@ -187,7 +173,10 @@ fn main() -> ExitCode {
             })
         }) {
             Ok(config) => {
-                stormbreaker::logging::init(&config.log);
+                if let Err(e) = stormbreaker::logging::init(&config.log) {
+                    eprintln!("stormbreaker: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
                 let result = runtime().block_on(stormbreaker::service::run(config, &path));
                 finish("run", result, |()| ExitCode::SUCCESS)
             }

@@ -278,10 +278,14 @@ impl Notifier {
                     SmtpClient::send(&settings.upstream, &settings.from, &rcpts, &bytes).await;
                 match sent {
                     Ok(reply) => {
+                        metrics::counter!(crate::admin::metric::ALERT_MAILS, "result" => "sent")
+                            .increment(1);
                         tracing::info!(%thread, to = ?rcpts, %reply, "alert sent");
                         true
                     }
                     Err(e) => {
+                        metrics::counter!(crate::admin::metric::ALERT_MAILS, "result" => "failed")
+                            .increment(1);
                         tracing::error!(%thread, to = ?rcpts, error = %e, "alert not sent");
                         false
                     }

@@ -21,6 +21,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let config = Arc::new(config);
+    // Before anything counts: every metric is then present (at 0) from the first scrape.
+    let metrics = crate::admin::metrics_handle(&config);
     let engine = Arc::new(Engine::from_config(&config).await?);
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
@@ -38,7 +40,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(
         config.clone(),
         engine.clone(),
-        Some(quarantine),
+        Some(quarantine.clone()),
         Some(notifier.clone()),
     )?);
     if let Some(acceptor) = load_tls(&config) {
@@ -57,15 +59,18 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
-    let metrics = crate::admin::metrics_handle();
-    if let Some(listen) = config.admin.listen {
-        tasks.spawn(crate::admin::serve(
-            listen,
-            engine.clone(),
-            metrics,
-            stop_rx.clone(),
-        ));
-    }
+    let admin = match config.admin.listen {
+        Some(listen) => {
+            let admin = Arc::new(crate::admin::Admin::new(
+                shared.clone(),
+                quarantine.clone(),
+                metrics,
+            )?);
+            tasks.spawn(crate::admin::serve(listen, admin.clone(), stop_rx.clone()));
+            Some(admin)
+        }
+        None => None,
+    };
     if let Some(listen) = config.milter.listen.clone() {
         tasks.spawn(crate::milter::serve(
             config.clone(),
@@ -77,7 +82,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            _ = sighup.recv() => reload(config_path, &shared, &notifier).await,
+            _ = sighup.recv() => reload(config_path, &shared, &notifier, admin.as_deref()).await,
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: no new sessions, finishing those in flight");
                 break;
@@ -119,7 +124,12 @@ fn load_tls(config: &Config) -> Option<Result<tokio_rustls::TlsAcceptor, String>
 /// for new sessions; sessions in flight finish with what they started with. A file that does
 /// not validate is logged and the running configuration stays. Settings that only a restart
 /// can change are named.
-async fn reload(path: &Path, shared: &Shared, notifier: &Notifier) {
+async fn reload(
+    path: &Path,
+    shared: &Shared,
+    notifier: &Notifier,
+    admin: Option<&crate::admin::Admin>,
+) {
     let loaded = Config::load(path)
         .and_then(|c| c.check_files(path).map(|()| c))
         .map_err(|e| e.to_string());
@@ -153,6 +163,10 @@ async fn reload(path: &Path, shared: &Shared, notifier: &Notifier) {
     shared.tls.store(tls);
     if let Ok(target) = crate::proxy::session::upstream_target(&config) {
         notifier.reload(&config, target);
+    }
+    // The console follows `shared`; only its token file is read again here.
+    if let Some(admin) = admin {
+        admin.reload_tokens(&config);
     }
     let restart = needs_restart(&old, &config);
     if restart.is_empty() {
@@ -202,7 +216,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(
         "log",
-        old.log.format != new.log.format || old.log.level != new.log.level,
+        old.log.format != new.log.format
+            || old.log.level != new.log.level
+            || old.log.output != new.log.output
+            || old.log.socket != new.log.socket
+            || old.log.facility != new.log.facility,
     );
     check(
         "upstream.pool_size",

@@ -1,195 +1,687 @@
-//! Operations: Prometheus metrics and a small HTTP API on `[admin] listen` to see, trip and reset
-//! breakers in a running process (the in-process state lives nowhere else).
+//! Operations on `[admin] listen`: the web console, its JSON API, Prometheus metrics, health
+//! and readiness. Served with axum; the page, script and style are compiled into the binary.
 //!
-//! Routes: `GET /metrics`, `GET /health`, `GET /breakers`, `POST /breakers/trip?key=KEY`,
-//! `POST /breakers/reset?key=KEY`. Bind it to loopback: it has no authentication.
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /` (`/console.js`, `/console.css`) | page asks | the console |
+//! | `GET /health` | none | liveness: the process answers |
+//! | `GET /ready` | none | readiness JSON, 503 when a check fails (`ready`) |
+//! | `GET /metrics` | none | Prometheus text 0.0.4 |
+//! | `GET /api/session`, `POST /api/login`, `POST /api/logout` | | who is logged in |
+//! | `GET /api/storms` | yes | storms with their timelines (`console`) |
+//! | `GET /api/held?storm=ID&q=WORDS` | yes | held and released messages |
+//! | `GET /api/report.csv?storm=ID` | yes | the storm report |
+//! | `POST /api/release`, `/api/delete` `{"ids":[…]}` | yes + CSRF | act on held mail |
+//! | `POST /api/trip`, `/api/reset` `{"key":"…"}` | yes + CSRF | breakers by hand |
+//! | `GET /breakers`, `POST /breakers/trip?key=`, `/breakers/reset?key=` | yes + CSRF | the CLI's |
+//!
+//! Authentication and cross-origin rules: see `auth`. Every action is in the quarantine's
+//! audit log with the caller's name, and in the log with the client's address.
 
+pub mod auth;
 pub mod client;
+pub mod console;
 pub mod metric;
+pub mod ready;
 
+use crate::config::Config;
 use crate::engine::Engine;
+use crate::proxy::session::Shared;
+use crate::quarantine::{Quarantine, QuarantineError, ReleaseError, ReleaseOptions};
 use crate::service::Shutdown;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use auth::{Auth, Caller, Refusal, Tokens};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// Installs the global metrics recorder once; later calls return the same handle.
-pub fn metrics_handle() -> PrometheusHandle {
+/// The page, its script and its style: plain files, no build step.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const CONSOLE_JS: &str = include_str!("assets/console.js");
+const CONSOLE_CSS: &str = include_str!("assets/console.css");
+/// Most messages one release or delete request may name.
+const MAX_IDS: usize = 5000;
+/// Most rows `GET /api/held` returns.
+const MAX_ROWS: usize = 5000;
+/// The Content-Type Prometheus expects of the text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Installs the global metrics recorder once; later calls return the same handle. Counters
+/// and gauges are zeroed with `config`'s label values (see `metric::zero`).
+pub fn metrics_handle(config: &Config) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match metric::builder().install_recorder() {
             Ok(handle) => {
                 metric::describe();
+                metric::zero(config);
                 handle
             }
             // Another recorder is installed (tests): render an empty, private one.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            Err(_) => metric::builder().build_recorder().handle(),
         })
         .clone()
 }
 
-/// Serves the admin API until shutdown.
+/// What the admin routes work with. The configuration, engine and upstream are the running
+/// ones of `shared`, so a SIGHUP reload reaches the console too.
+pub struct Admin {
+    shared: Arc<Shared>,
+    quarantine: Quarantine,
+    metrics: PrometheusHandle,
+    pub auth: Auth,
+    ready: ready::Readiness,
+}
+
+impl Admin {
+    /// Loads `[admin] token_file` (errors name the file and line).
+    pub fn new(
+        shared: Arc<Shared>,
+        quarantine: Quarantine,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Admin> {
+        let config = shared.config.load_full();
+        let tokens = match &config.admin.token_file {
+            Some(path) => {
+                Some(Tokens::load(path).map_err(|e| anyhow::anyhow!("admin.token_file: {e}"))?)
+            }
+            None => None,
+        };
+        if tokens.is_none() {
+            tracing::warn!(
+                "[admin] token_file is not set: the console and admin API answer any local user \
+                 as \"anonymous\""
+            );
+        }
+        Ok(Admin {
+            ready: ready::Readiness::default(),
+            auth: Auth::new(tokens),
+            shared,
+            quarantine,
+            metrics,
+        })
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.shared.engine.load_full()
+    }
+
+    /// SIGHUP: reads `config`'s token file again; a file that does not load keeps the old
+    /// tokens. (Going from no token file to one, or back, needs a restart.)
+    pub fn reload_tokens(&self, config: &Config) {
+        let Some(path) = &config.admin.token_file else {
+            return;
+        };
+        match Tokens::load(path) {
+            Ok(tokens) => {
+                self.auth.reload(tokens);
+                tracing::info!("SIGHUP: admin tokens reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: admin tokens not reloaded; keeping the old ones")
+            }
+        }
+    }
+}
+
+/// Serves the console and API until shutdown.
 pub async fn serve(
     listen: SocketAddr,
-    engine: Arc<Engine>,
-    metrics: PrometheusHandle,
-    mut shutdown: Shutdown,
+    admin: Arc<Admin>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {listen}: {e}"))?;
-    tracing::info!(%listen, "admin API listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return Ok(()),
-        };
-        let engine = engine.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let engine = engine.clone();
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &engine, &metrics).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
-        });
+    tracing::info!(%listen, "console and admin API listening");
+    let app = router(admin).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop = shutdown;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen {listen}: {e}"))
+}
+
+fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route(
+            "/console.js",
+            get(|| asset("text/javascript; charset=utf-8", CONSOLE_JS)),
+        )
+        .route(
+            "/console.css",
+            get(|| asset("text/css; charset=utf-8", CONSOLE_CSS)),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/session", get(session))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/storms", get(storms))
+        .route("/api/held", get(held))
+        .route("/api/report.csv", get(report))
+        .route("/api/release", post(release))
+        .route("/api/delete", post(delete))
+        .route("/api/trip", post(trip))
+        .route("/api/reset", post(reset))
+        .route("/breakers", get(breakers))
+        .route("/breakers/trip", post(legacy_trip))
+        .route("/breakers/reset", post(legacy_reset))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn(refuse_cross_origin))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(admin)
+}
+
+/// Any request but GET and HEAD from another origin is refused before anything reads it
+/// (`auth::same_origin`), whatever its route, body or credentials.
+async fn refuse_cross_origin(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method();
+    if method != axum::http::Method::GET
+        && method != axum::http::Method::HEAD
+        && let Err(refusal) = auth::same_origin(request.headers())
+    {
+        tracing::warn!(path = %request.uri().path(), reason = %refusal.message, "admin API: cross-origin request refused");
+        return ApiError::from(refusal).into_response();
+    }
+    next.run(request).await
+}
+
+/// Headers on every answer: nothing may frame, sniff or cache it.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An error answer: `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
     }
 }
 
-async fn route(
-    req: Request<Incoming>,
-    engine: &Engine,
-    metrics: &PrometheusHandle,
-) -> Response<Full<Bytes>> {
-    let now = crate::now_ms();
-    let key = query_param(req.uri().query().unwrap_or(""), "key");
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::GET, "/metrics") => text(StatusCode::OK, metrics.render()),
-        (&Method::GET, "/breakers") => match engine.try_open_breakers(now).await {
-            Ok(list) => {
-                let rows: Vec<serde_json::Value> = list
-                    .iter()
-                    .map(|b| {
-                        serde_json::json!({
-                            "key": b.key,
-                            "breaker": b.breaker,
-                            "phase": format!("{:?}", b.phase).to_lowercase(),
-                            "opened_at_ms": b.opened_at_ms,
-                            "until_ms": b.until_ms,
-                            "replies": b.replies,
-                            "senders": b.senders,
-                        })
-                    })
-                    .collect();
-                json(StatusCode::OK, serde_json::Value::Array(rows))
-            }
-            Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        },
-        (&Method::POST, "/breakers/trip") => match key {
-            None => json_error(StatusCode::BAD_REQUEST, "missing ?key=THREAD_KEY"),
-            Some(key) => match engine.try_trip(&key, now).await {
-                Ok(()) => {
-                    tracing::warn!(thread = %key, "breaker tripped by hand");
-                    json(StatusCode::OK, serde_json::json!({ "tripped": key }))
-                }
-                Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-            },
-        },
-        (&Method::POST, "/breakers/reset") => match key {
-            None => json_error(StatusCode::BAD_REQUEST, "missing ?key=THREAD_KEY"),
-            Some(key) => match engine.try_reset(&key).await {
-                Ok(existed) => {
-                    tracing::warn!(thread = %key, existed, "breaker reset by hand");
-                    json(
-                        StatusCode::OK,
-                        serde_json::json!({ "reset": key, "existed": existed }),
-                    )
-                }
-                Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-            },
-        },
-        _ => json_error(StatusCode::NOT_FOUND, "no such route"),
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+            r.message,
+        )
     }
 }
 
-/// The value of `name` in a query string, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
+type Result<T> = std::result::Result<T, ApiError>;
+type Peer = ConnectInfo<SocketAddr>;
+
+fn caller(a: &Admin, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
+    Ok(a.auth.authenticate(headers, peer)?)
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = text(status, format!("{value}\n"));
+/// A caller allowed to change state: authenticated, same origin, CSRF token when needed.
+fn actor(a: &Admin, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
+    let c = caller(a, headers, peer)?;
+    a.auth.check_state_change(&c, headers)?;
+    Ok(c)
+}
+
+async fn index() -> Response {
+    let mut r = asset("text/html; charset=utf-8", INDEX_HTML).await;
     r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     r
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({ "error": message }))
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+async fn ready(State(a): State<Arc<Admin>>) -> Response {
+    let report = a.ready.report(a.config(), a.engine()).await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
 
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(
-            query_param("key=subj%3Aquarterly+results&x=1", "key").as_deref(),
-            Some("subj:quarterly results")
-        );
-        assert_eq!(query_param("x=1", "key"), None);
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    refresh_gauges(&a).await;
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        a.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Gauges read at scrape time: open breakers by rule, quarantine contents.
+async fn refresh_gauges(a: &Admin) {
+    if let Ok(open) = a.engine().try_open_breakers(crate::now_ms()).await {
+        for rule in metric::BREAKER_RULES {
+            let n = open.iter().filter(|b| b.breaker == rule).count();
+            metrics::gauge!(metric::BREAKERS_OPEN, "breaker" => rule).set(n as f64);
+        }
     }
+    let q = a.quarantine.clone();
+    if let Ok(Ok((held, released))) = tokio::task::spawn_blocking(move || q.count()).await {
+        metrics::gauge!(metric::QUARANTINE_MESSAGES, "state" => "held").set(held as f64);
+        metrics::gauge!(metric::QUARANTINE_MESSAGES, "state" => "released").set(released as f64);
+    }
+}
+
+async fn session(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let c = caller(&a, &headers, peer)?;
+    Ok(Json(serde_json::json!({
+        "name": c.name,
+        "csrf": a.auth.csrf_of(&c),
+        "auth": if a.auth.required() { "token" } else { "none" },
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    token: String,
+}
+
+async fn login(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response> {
+    let (cookie, c) = a.auth.login(&req.token, &headers, peer)?;
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({ "name": c.name, "csrf": a.auth.csrf_of(&c), "auth": "token" })),
+    )
+        .into_response())
+}
+
+async fn logout(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    tracing::info!(who = %c.name, client = %peer, "console: logged out");
+    Ok((
+        [(header::SET_COOKIE, a.auth.logout(&headers))],
+        Json(serde_json::json!({})),
+    )
+        .into_response())
+}
+
+/// Held and released messages, read off the disk in a blocking task.
+async fn scan(
+    a: &Admin,
+) -> Result<(
+    Vec<crate::quarantine::HeldMeta>,
+    Vec<crate::quarantine::HeldMeta>,
+)> {
+    let q = a.quarantine.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        Ok((q.scan()?.held, q.scan_released()?.held))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("quarantine: {e}"),
+        )
+    })
+}
+
+async fn storms(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Response> {
+    caller(&a, &headers, peer)?;
+    let now = crate::now_ms();
+    let (breakers, breakers_error) = match a.engine().try_open_breakers(now).await {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let (held, released) = scan(&a).await?;
+    let storms = console::storms(&breakers, &held, &released);
+    Ok(Json(serde_json::json!({
+        "now_ms": now,
+        "storms": storms,
+        "breakers_error": breakers_error,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct HeldQuery {
+    storm: Option<String>,
+    q: Option<String>,
+    /// `held`, `released`, or both when absent.
+    state: Option<String>,
+}
+
+async fn rows(a: &Admin, query: &HeldQuery) -> Result<Vec<console::HeldRow>> {
+    let (held, released) = scan(a).await?;
+    let wanted = |state: &str| query.state.as_deref().is_none_or(|s| s == state);
+    let mut rows: Vec<console::HeldRow> = Vec::new();
+    for (list, state) in [(&held, "held"), (&released, "released")] {
+        if !wanted(state) {
+            continue;
+        }
+        rows.extend(
+            list.iter()
+                .filter(|m| {
+                    query
+                        .storm
+                        .as_deref()
+                        .is_none_or(|s| console::storm_of_held(m) == s)
+                })
+                .map(|m| console::HeldRow::new(m, state))
+                .filter(|r| query.q.as_deref().is_none_or(|q| r.matches(q))),
+        );
+    }
+    rows.sort_by(|x, y| (x.received_at_ms, &x.id).cmp(&(y.received_at_ms, &y.id)));
+    Ok(rows)
+}
+
+async fn held(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Query(query): Query<HeldQuery>,
+) -> Result<Response> {
+    caller(&a, &headers, peer)?;
+    let mut rows = rows(&a, &query).await?;
+    let total = rows.len();
+    rows.truncate(MAX_ROWS);
+    Ok(Json(serde_json::json!({ "total": total, "messages": rows })).into_response())
+}
+
+async fn report(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Query(query): Query<HeldQuery>,
+) -> Result<Response> {
+    let c = caller(&a, &headers, peer)?;
+    let Some(storm) = query.storm.clone() else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "missing ?storm=ID"));
+    };
+    let rows = rows(&a, &query).await?;
+    let csv = console::report_csv(&storm, &rows)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(who = %c.name, client = %peer, storm = %storm, rows = rows.len(), "console: storm report exported");
+    let name: String = storm
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    let disposition = format!("attachment; filename=\"storm-{name}.csv\"");
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&disposition)
+                    .unwrap_or(HeaderValue::from_static("attachment")),
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct Ids {
+    ids: Vec<String>,
+}
+
+fn check_ids(ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no ids given"));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_IDS} ids per request"),
+        ));
+    }
+    Ok(())
+}
+
+async fn release(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<Ids>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    check_ids(&req.ids)?;
+    // One attempt: the administrator sees the upstream's answer at once and may try again.
+    let opts = ReleaseOptions {
+        force: false,
+        attempts: 1,
+        retry_delay: Duration::from_secs(1),
+        who: c.name.clone(),
+    };
+    let target = a.shared.target.load_full();
+    let mut results = Vec::with_capacity(req.ids.len());
+    for id in &req.ids {
+        let outcome = a.quarantine.release(id, &target, &opts).await;
+        let (ok, detail) = match outcome {
+            Ok(r) if r.is_complete() => (
+                true,
+                format!(
+                    "released to {} ({})",
+                    r.delivered_now.len() + r.delivered_before.len(),
+                    r.last_reply.as_deref().unwrap_or("nothing left to send")
+                ),
+            ),
+            Ok(r) => {
+                let mut why: Vec<String> = r
+                    .failed
+                    .iter()
+                    .map(|(rcpt, reply)| format!("{rcpt}: {reply}"))
+                    .collect();
+                why.extend(r.in_doubt.iter().map(|rcpt| format!("{rcpt}: in doubt")));
+                (
+                    false,
+                    format!("not released to every recipient: {}", why.join("; ")),
+                )
+            }
+            Err(ReleaseError::Quarantine(QuarantineError::UnknownId(_))) => {
+                (false, "no such held message".to_string())
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        let result = if ok { "released" } else { "failed" };
+        metrics::counter!(metric::RELEASES, "result" => result).increment(1);
+        tracing::info!(who = %c.name, client = %peer, id = %id, ok, detail = %detail, "console: release");
+        results.push(serde_json::json!({ "id": id, "ok": ok, "detail": detail }));
+    }
+    Ok(Json(serde_json::json!({ "results": results })).into_response())
+}
+
+async fn delete(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<Ids>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    check_ids(&req.ids)?;
+    let q = a.quarantine.clone();
+    let who = c.name.clone();
+    let ids = req.ids.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    q.delete(id, &who).map(|_| ()).map_err(|e| e.to_string()),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let results: Vec<serde_json::Value> = outcomes
+        .into_iter()
+        .map(|(id, r)| {
+            let ok = r.is_ok();
+            if ok {
+                metrics::counter!(metric::DELETES).increment(1);
+            }
+            let detail = r.err().unwrap_or_else(|| "deleted".into());
+            tracing::info!(who = %c.name, client = %peer, id = %id, ok, detail = %detail, "console: delete");
+            serde_json::json!({ "id": id, "ok": ok, "detail": detail })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": results })).into_response())
+}
+
+#[derive(Deserialize)]
+struct KeyRequest {
+    key: String,
+}
+
+async fn trip_key(a: &Admin, c: &Caller, key: &str) -> Result<Response> {
+    console::check_thread_key(key).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    a.engine()
+        .try_trip(key, crate::now_ms())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let label = crate::engine::admin_key(key).label;
+    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "trip", &label, "");
+    tracing::warn!(who = %c.name, client = %c.peer, thread = %label, "breaker tripped by hand");
+    Ok(Json(serde_json::json!({ "tripped": label })).into_response())
+}
+
+async fn reset_key(a: &Admin, c: &Caller, key: &str) -> Result<Response> {
+    let existed = a
+        .engine()
+        .try_reset(key)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let label = crate::engine::admin_key(key).label;
+    let detail = if existed { "" } else { "no state for this key" };
+    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "reset", &label, detail);
+    tracing::warn!(who = %c.name, client = %c.peer, thread = %label, existed, "breaker reset by hand");
+    Ok(Json(serde_json::json!({ "reset": label, "existed": existed })).into_response())
+}
+
+async fn trip(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<KeyRequest>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    trip_key(&a, &c, &req.key).await
+}
+
+async fn reset(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Json(req): Json<KeyRequest>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    reset_key(&a, &c, &req.key).await
+}
+
+fn key_param(query: &HashMap<String, String>) -> Result<&str> {
+    query
+        .get("key")
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing ?key=THREAD_KEY"))
+}
+
+async fn legacy_trip(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    trip_key(&a, &c, key_param(&query)?).await
+}
+
+async fn legacy_reset(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let c = actor(&a, &headers, peer)?;
+    reset_key(&a, &c, key_param(&query)?).await
+}
+
+/// Open breakers as `stormbreaker breaker list` prints them.
+async fn breakers(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Response> {
+    caller(&a, &headers, peer)?;
+    let list = a
+        .engine()
+        .try_open_breakers(crate::now_ms())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let rows: Vec<console::BreakerView> = list.iter().map(console::BreakerView::from).collect();
+    Ok(Json(rows).into_response())
 }

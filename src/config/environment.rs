@@ -36,6 +36,36 @@ impl Config {
                 ));
             }
         }
+        if let Some(path) = &self.admin.token_file {
+            crate::admin::auth::Tokens::load(path)
+                .map_err(|e| ("admin.token_file".to_string(), e))?;
+        }
+        if let Some(socket) = self.log.socket_path() {
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket = std::fs::metadata(&socket).map(|m| m.file_type().is_socket());
+            match is_socket {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err((
+                        "log.output".into(),
+                        format!("{} is not a socket", socket.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err((
+                        "log.output".into(),
+                        format!(
+                            "{}: {e} (is the {} daemon running? set log.socket for another path)",
+                            socket.display(),
+                            match self.log.output {
+                                LogOutput::Journald => "journald",
+                                _ => "syslog",
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

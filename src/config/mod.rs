@@ -158,6 +158,10 @@ mod tests {
         refused("[policy]\nwindow = \"1ms\"\n", "policy.window");
         refused("[admin]\nlisten = \"0.0.0.0:9925\"\n", "admin.listen");
         refused("[admin]\nlisten = \"127.0.0.1:2525\"\n", "admin.listen");
+        // Off loopback only behind tokens.
+        assert!(
+            proxy("[admin]\nlisten = \"0.0.0.0:9925\"\ntoken_file = \"/etc/sb.tokens\"\n").is_ok()
+        );
         refused(
             "[policy]\nexempt_senders = [\"not an address\"]\n",
             "policy.exempt_senders[0]",

@@ -446,12 +446,71 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutput {
+    /// Standard error (colour only when it is a terminal); under systemd, the journal gets
+    /// it as plain lines.
+    #[default]
+    Stderr,
+    /// The journal's native protocol: the line as MESSAGE, each field as SB_<NAME>.
+    Journald,
+    /// The local syslog socket, as syslog(3) writes it (`<PRI>Mmm dd hh:mm:ss
+    /// stormbreaker[PID]: line`).
+    Syslog,
+}
+
+/// Syslog facility of `output = "syslog"` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFacility {
+    /// Where Postfix logs, so one `grep` finds a message in both.
+    #[default]
+    Mail,
+    Daemon,
+    User,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
+impl SyslogFacility {
+    /// The facility number of RFC 5424 6.2.1.
+    pub fn code(self) -> u8 {
+        match self {
+            SyslogFacility::User => 1,
+            SyslogFacility::Mail => 2,
+            SyslogFacility::Daemon => 3,
+            SyslogFacility::Local0 => 16,
+            SyslogFacility::Local1 => 17,
+            SyslogFacility::Local2 => 18,
+            SyslogFacility::Local3 => 19,
+            SyslogFacility::Local4 => 20,
+            SyslogFacility::Local5 => 21,
+            SyslogFacility::Local6 => 22,
+            SyslogFacility::Local7 => 23,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. "info" or "stormbreaker=debug". RUST_LOG overrides it.
     pub level: String,
+    pub output: LogOutput,
+    /// The socket of `output`: /dev/log for syslog, /run/systemd/journal/socket for journald
+    /// when unset.
+    pub socket: Option<PathBuf>,
+    /// Facility of syslog lines.
+    pub facility: SyslogFacility,
 }
 
 impl Default for LogConfig {
@@ -459,6 +518,28 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            output: LogOutput::Stderr,
+            socket: None,
+            facility: SyslogFacility::Mail,
+        }
+    }
+}
+
+impl LogConfig {
+    /// The socket lines are sent to, for the journald and syslog outputs.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match self.output {
+            LogOutput::Stderr => None,
+            LogOutput::Journald => Some(
+                self.socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/run/systemd/journal/socket")),
+            ),
+            LogOutput::Syslog => Some(
+                self.socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/dev/log")),
+            ),
         }
     }
 }
@@ -466,8 +547,14 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Prometheus metrics on http://LISTEN/metrics; absent means none.
+    /// The web console, the admin API, /metrics, /health and /ready on http://LISTEN/;
+    /// absent means none.
     pub listen: Option<SocketAddr>,
+    /// Who may use the console and the API: one `name:token` a line (a line with only a token
+    /// is named "admin"); tokens of at least 16 characters; the file readable by its owner
+    /// and group only. Without it the console and API answer loopback clients only, as
+    /// "anonymous". /metrics, /health and /ready never ask for a token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Parses "60m", "6h", "14d", "1h 30m", "250ms".

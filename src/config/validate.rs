@@ -62,12 +62,13 @@ impl Config {
             }
         }
         if let Some(admin) = self.admin.listen {
-            if !admin.ip().is_loopback() {
+            if !admin.ip().is_loopback() && self.admin.token_file.is_none() {
                 return fail(
                     "admin.listen",
                     format!(
-                        "{admin} is not a loopback address: the admin API can release mail and \
-                         reset breakers; bind it to 127.0.0.1 or ::1"
+                        "{admin} is not a loopback address and [admin] token_file is not set: \
+                         the console can release mail and reset breakers; bind it to 127.0.0.1 \
+                         or ::1, or set token_file"
                     ),
                 );
             }

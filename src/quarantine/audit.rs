@@ -1,4 +1,5 @@
-//! The audit log: one JSON line per hold, release, delete, purge and expiry, appended to
+//! The audit log: one JSON line per hold, release, delete, purge and expiry, and per breaker
+//! tripped or reset by hand (console, admin API, `stormbreaker breaker`), appended to
 //! `audit.log` in the quarantine folder. Each line is written with one `write` on a file opened
 //! with O_APPEND, so lines from the proxy and from commands never interleave.
 
@@ -13,7 +14,8 @@ pub const FILE_NAME: &str = "audit.log";
 pub struct AuditLine<'a> {
     pub at: String,
     pub at_ms: u64,
-    /// `$SUDO_USER`, else `$USER`, else "unknown"; "proxy" for holds.
+    /// `$SUDO_USER`, else `$USER`, else "unknown" for commands; "proxy" for holds; the
+    /// token's name (or "anonymous") for the console and the admin API.
     pub who: &'a str,
     /// hold, release, release-failed, delete, purge, expire.
     pub action: &'a str,
@@ -54,7 +56,38 @@ pub fn record(dir: &Path, who: &str, action: &str, meta: &HeldMeta, detail: &str
         message_id: meta.message_id.as_deref(),
         detail,
     };
-    let result = serde_json::to_vec(&line)
+    append(dir, &line, action, &meta.id);
+}
+
+/// A breaker tripped or reset by hand: `action` is `trip` or `reset`, `thread` the key.
+#[derive(Debug, Serialize)]
+pub struct BreakerLine<'a> {
+    pub at: String,
+    pub at_ms: u64,
+    pub who: &'a str,
+    pub action: &'a str,
+    pub thread: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub detail: &'a str,
+}
+
+/// Appends one breaker line; a failure is logged, never fatal.
+pub fn record_breaker(dir: &Path, who: &str, action: &str, thread: &str, detail: &str) {
+    let now = crate::now_ms();
+    let line = BreakerLine {
+        at: rfc3339(now),
+        at_ms: now,
+        who,
+        action,
+        thread,
+        detail,
+    };
+    append(dir, &line, action, thread);
+}
+
+/// One line, one `write` on a file opened with O_APPEND.
+fn append(dir: &Path, line: &impl Serialize, action: &str, subject: &str) {
+    let result = serde_json::to_vec(line)
         .map_err(std::io::Error::other)
         .and_then(|mut bytes| {
             bytes.push(b'\n');
@@ -65,6 +98,6 @@ pub fn record(dir: &Path, who: &str, action: &str, meta: &HeldMeta, detail: &str
                 .write_all(&bytes)
         });
     if let Err(e) = result {
-        tracing::error!(error = %e, action, id = %meta.id, "cannot write the quarantine audit log");
+        tracing::error!(error = %e, action, id = subject, "cannot write the quarantine audit log");
     }
 }

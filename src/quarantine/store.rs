@@ -197,6 +197,23 @@ impl Quarantine {
         self.scan_dir(&self.dirs.held)
     }
 
+    /// Every released message's metadata (kept until retention for `release --force`).
+    pub fn scan_released(&self) -> io::Result<Scan> {
+        self.scan_dir(&self.dirs.released)
+    }
+
+    /// How many messages are held and how many released, without reading them (one
+    /// directory listing each): for metrics scraped every few seconds.
+    pub fn count(&self) -> io::Result<(usize, usize)> {
+        let entries = |dir: &Path| -> io::Result<usize> {
+            Ok(fs::read_dir(dir)
+                .map_err(|e| with_path(e, dir))?
+                .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+                .count())
+        };
+        Ok((entries(&self.dirs.held)?, entries(&self.dirs.released)?))
+    }
+
     fn scan_dir(&self, dir: &Path) -> io::Result<Scan> {
         let mut scan = Scan::default();
         for entry in fs::read_dir(dir).map_err(|e| with_path(e, dir))? {

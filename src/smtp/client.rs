@@ -175,6 +175,9 @@ pub struct SmtpClient {
     pub opened: Instant,
     /// MAIL commands sent on this connection (for `reuse_count_limit`).
     pub transactions: u32,
+    /// When the last bytes went out and what they were (greeting, command, or data: the
+    /// final dot), for the upstream-reply histogram.
+    sent: Option<(Instant, &'static str)>,
 }
 
 impl SmtpClient {
@@ -200,7 +203,9 @@ impl SmtpClient {
             extensions: Extensions::default(),
             opened: Instant::now(),
             transactions: 0,
+            sent: None,
         };
+        client.sent = Some((Instant::now(), "greeting"));
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
             return Err(ClientError::Refused(greeting.summary()));
@@ -402,10 +407,19 @@ impl SmtpClient {
             }
             Ok::<(), std::io::Error>(())
         };
-        match timeout(limit, io).await {
+        let result = match timeout(limit, io).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ClientError::Timeout(limit)),
-        }
+        };
+        // Stuffed content never holds CRLF.CRLF before its end, and no command is a lone
+        // dot: this write ends DATA.
+        let step = if bytes.ends_with(b"\r\n.\r\n") || bytes == b".\r\n" {
+            "data"
+        } else {
+            "command"
+        };
+        self.sent = Some((Instant::now(), step));
+        result
     }
 
     /// Reads one complete (possibly multi-line) reply.
@@ -413,6 +427,9 @@ impl SmtpClient {
         loop {
             if let Some((len, code)) = parse_reply(&self.buf)? {
                 let raw: Vec<u8> = self.buf.drain(..len).collect();
+                if let Some((at, step)) = self.sent {
+                    reply_time(step, at);
+                }
                 return Ok(Reply { code, raw });
             }
             if self.buf.len() > MAX_REPLY {
@@ -487,6 +504,13 @@ impl AsyncWrite for Stream {
 }
 
 /// Builds `XCLIENT ...` / `XFORWARD ...` with the attributes the server offers.
+/// The upstream-reply histogram, by step (see `admin::metric::UPSTREAM_STEPS`): from the
+/// last write (or the connection, for the greeting) to a complete reply.
+fn reply_time(step: &'static str, since: Instant) {
+    metrics::histogram!(crate::admin::metric::UPSTREAM_REPLY_SECONDS, "step" => step)
+        .record(since.elapsed().as_secs_f64());
+}
+
 fn identity_command(verb: &str, offered: &[String], client: &ClientIdentity) -> String {
     let addr = match client.addr.ip() {
         std::net::IpAddr::V4(ip) => ip.to_string(),

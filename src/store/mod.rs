@@ -74,6 +74,11 @@ pub trait StateStore: Send + Sync {
     /// Breakers open or half-open at `now_ms`, most recently opened first.
     async fn open_breakers(&self, now_ms: u64) -> Result<Vec<BreakerStatus>, StoreError>;
 
+    /// Whether the store answers now (`/ready`); the in-process store always does.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Thread keys currently tracked (for metrics and tests).
     async fn tracked(&self) -> Result<usize, StoreError>;
 

@@ -171,6 +171,10 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl StateStore for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        RedisStore::ping(self).await
+    }
+
     async fn observe(&self, req: &ObserveRequest<'_>) -> Result<Vec<Outcome>, StoreError> {
         // A key listed twice is counted once; both positions get its outcome.
         let mut unique: Vec<&ThreadKey> = Vec::with_capacity(req.keys.len());

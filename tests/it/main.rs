@@ -6,8 +6,11 @@
 mod support;
 
 mod cli;
+mod console;
 mod corpus;
 mod interop;
+mod logs;
+mod metrics;
 mod milter;
 mod proxy;
 mod proxy_tls;

@@ -10,15 +10,19 @@
 //! - `peers`: the other real MTAs of `scripts/peers/` (Exim, Sendmail, Postfix with SASL), a
 //!   test CA and a TCP tap.
 //! - `clients`: swaks, Python's smtplib, raw sockets for crafted bytes.
+//! - `storm`: a reply-all storm sent through a proxy.
+//! - `http`: plain HTTP/1.1 requests to the admin API, and Python's helpers for it.
 //! - `logs`: log lines of in-process library code, captured per test thread.
 //! - `wait`: the one way to wait for something asynchronous.
 
 pub mod clients;
+pub mod http;
 pub mod logs;
 pub mod peers;
 pub mod postfix;
 pub mod redis;
 pub mod sink;
+pub mod storm;
 pub mod stormbreaker;
 pub mod wait;
 

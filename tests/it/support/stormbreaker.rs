@@ -65,12 +65,34 @@ impl Stormbreaker {
         upstream_keys: &str,
         extra: &str,
     ) -> Stormbreaker {
+        Self::proxy_full(
+            upstream,
+            proxy_keys,
+            upstream_keys,
+            "format = \"json\"\nlevel = \"info\"",
+            extra,
+        )
+    }
+
+    /// As `proxy`, with `log_keys` as the `[log]` section (standard error goes to the file
+    /// `log` in its folder).
+    pub fn proxy_logging(upstream: u16, log_keys: &str, extra: &str) -> Stormbreaker {
+        Self::proxy_full(upstream, "", "", log_keys, extra)
+    }
+
+    fn proxy_full(
+        upstream: u16,
+        proxy_keys: &str,
+        upstream_keys: &str,
+        log_keys: &str,
+        extra: &str,
+    ) -> Stormbreaker {
         let dir = scratch_dir("sb-proxy.");
         let port = free_port();
         let config = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"sb.test\"\n{proxy_keys}\n\n\
              [upstream]\naddress = \"127.0.0.1:{upstream}\"\n{upstream_keys}\n\n\
-             [quarantine]\ndir = \"{q}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
+             [quarantine]\ndir = \"{q}\"\n\n[log]\n{log_keys}\n\n{extra}\n",
             q = dir.path().join("quarantine").display()
         );
         Self::run(dir, &config, port, None)
