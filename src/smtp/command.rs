@@ -321,10 +321,13 @@ fn is_domain(domain: &str) -> bool {
                 .bytes()
                 .all(|b| (33..=126).contains(&b) && !matches!(b, b'[' | b']' | b'\\'));
     }
-    !domain.is_empty()
-        && domain
-            .chars()
-            .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    // Labels are not empty: smtp-proto lets `c@\r.d` through as `c@.d` (it drops the CR).
+    domain.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    })
 }
 
 /// xtext again for a value smtp-proto decoded from xtext (ENVID, ORCPT): the octets the client
@@ -558,13 +561,27 @@ mod tests {
         assert_eq!(line, "MAIL FROM:<>\r\n");
     }
 
+    fn to_domain_is_refused(domain: &str) {
+        let mut to = rcpt("RCPT TO:<a@c.test>\r\n");
+        to.address = format!("a@{domain}");
+        assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath), "{domain}");
+    }
+
     #[test]
-    fn mailboxes_with_controls_are_refused() {
+    fn mailboxes_with_controls_or_bad_domains_are_refused() {
         let from = mail("MAIL FROM:<\"a\0b\"@c.test>\r\n");
         assert_eq!(mail_line(&from, &all(), 10), Err(ParamError::BadPath));
         let mut to = rcpt("RCPT TO:<a@c.test>\r\n");
         to.address = "a@c.test> NOTIFY=NEVER".into();
         assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath));
+        // Found by fuzz/smtp_command: smtp-proto drops a CR inside a path, so `c@<CR>.d.test`
+        // came as `c@.d.test` and went upstream. An empty label is refused.
+        let to = rcpt("RCPT TO:<c@\r.d.test>\r\n");
+        assert_eq!(to.address, "c@.d.test");
+        assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath));
+        for domain in ["d..test", "d.test.", "."] {
+            to_domain_is_refused(domain);
+        }
         assert!(ParamError::BadPath.reply().starts_with("501 5.1.3 "));
     }
 
