@@ -2,6 +2,7 @@
 //! storm engine about each message.
 //!
 //! - `codec`: the wire format (framing, command and response tables), no I/O.
+//! - `mta`: the MTA's side of the wire format, for tests and `fuzz/` (feature `mta`).
 //! - `session`: one connection's state machine, no I/O: commands in, responses out.
 //! - this file: listening (TCP or unix socket), reading packets with limits and deadlines,
 //!   asking the engine at end of message, and the one log line per message.
@@ -11,6 +12,8 @@
 //! unchecked (`accept`) or bouncing (`reject`).
 
 pub mod codec;
+#[cfg(any(test, feature = "mta"))]
+pub mod mta;
 pub mod session;
 
 use crate::config::Config;
@@ -18,7 +21,7 @@ use crate::engine::Engine;
 use crate::envelope::Envelope;
 use crate::service::Shutdown;
 use crate::verdict::{Action, Verdict};
-use codec::{CodecError, Response};
+use codec::{CodecError, FrameReader, Response};
 use session::{Pending, Session, Step};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// How long a connection may sit between commands. The MTA holds its milter connection for a
 /// whole SMTP session, idle clients included, so this is generous; it bounds dead peers.
@@ -282,62 +286,67 @@ enum ReadError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one packet: `Ok(None)` when the peer closes cleanly between packets.
-async fn read_command<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<codec::Command>, ReadError> {
-    let mut header = [0u8; 4];
-    let got = tokio::time::timeout(IDLE_TIMEOUT, read_full(reader, &mut header))
-        .await
-        .map_err(|_| ReadError::Timeout(IDLE_TIMEOUT))??;
-    if got == 0 {
-        return Ok(None);
-    }
-    if got < header.len() {
-        return Err(ReadError::Truncated {
-            got,
-            expected: header.len(),
-        });
-    }
-    // The length is checked before anything is allocated for it.
-    let len = codec::packet_length(header)?;
-    let mut body = vec![0u8; len];
-    let got = tokio::time::timeout(PACKET_TIMEOUT, read_full(reader, &mut body[..1]))
-        .await
-        .map_err(|_| ReadError::Timeout(PACKET_TIMEOUT))??;
-    if got == 0 {
-        return Err(ReadError::Truncated {
-            got: 4,
-            expected: 4 + len,
-        });
-    }
-    // Refuse an unknown command before waiting for (possibly a megabyte of) payload.
-    if codec::command_name(body[0]).is_none() {
-        return Err(CodecError::UnknownCommand(body[0]).into());
-    }
-    let got = tokio::time::timeout(PACKET_TIMEOUT, read_full(reader, &mut body[1..]))
-        .await
-        .map_err(|_| ReadError::Timeout(PACKET_TIMEOUT))??;
-    if got < len - 1 {
-        return Err(ReadError::Truncated {
-            got: 5 + got,
-            expected: 4 + len,
-        });
-    }
-    Ok(Some(codec::parse_command(body[0], &body[1..])?))
+/// Reads whole commands off the MTA's stream: a small read buffer, the codec's [`FrameReader`]
+/// and the deadlines.
+struct CommandReader<S> {
+    stream: S,
+    frames: FrameReader,
+    /// Postfix opens one milter connection per SMTP session, so this buffer is allocated (and
+    /// zeroed) per message: keep it small. Larger packets are put together by the frame reader.
+    buf: Box<[u8]>,
+    /// `buf[start..end]` has been read but not yet pushed to the frame reader.
+    start: usize,
+    end: usize,
 }
 
-/// Fills `buf` unless the peer closes first; returns how many bytes came.
-async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = reader.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
+impl<S: AsyncRead + Unpin> CommandReader<S> {
+    fn new(stream: S) -> Self {
+        CommandReader {
+            stream,
+            frames: FrameReader::new(),
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
         }
-        filled += n;
     }
-    Ok(filled)
+
+    /// Whether bytes already read wait to be framed (the peer sent more than one packet).
+    fn buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Reads one packet: `Ok(None)` when the peer closes cleanly between packets. The peer has
+    /// IDLE_TIMEOUT to begin a packet and PACKET_TIMEOUT from its first byte to its last.
+    async fn next(&mut self) -> Result<Option<codec::Command>, ReadError> {
+        let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        let mut packet_deadline = None;
+        loop {
+            if self.buffered() {
+                let (used, command) = self.frames.push(&self.buf[self.start..self.end])?;
+                self.start += used;
+                if command.is_some() {
+                    return Ok(command);
+                }
+            }
+            let (deadline, timeout) = if self.frames.in_packet() {
+                let deadline =
+                    *packet_deadline.get_or_insert_with(|| Instant::now() + PACKET_TIMEOUT);
+                (deadline, PACKET_TIMEOUT)
+            } else {
+                (idle_deadline, IDLE_TIMEOUT)
+            };
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf))
+                .await
+                .map_err(|_| ReadError::Timeout(timeout))??;
+            (self.start, self.end) = (0, n);
+            if n == 0 {
+                return match self.frames.partial() {
+                    None => Ok(None),
+                    Some((got, expected)) => Err(ReadError::Truncated { got, expected }),
+                };
+            }
+        }
+    }
 }
 
 /// Serves one MTA connection; protocol errors end it with a log line, never beyond it.
@@ -349,17 +358,15 @@ async fn run_connection<D: Decider>(
     trace_header: bool,
 ) {
     // The conversation is strictly request then response, so one stream serves both ways (no
-    // split halves and their lock). Postfix opens one milter connection per SMTP session, so
-    // this buffer is allocated (and zeroed) per message: keep it small. Packets larger than it
-    // are read straight through.
-    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+    // split halves and their lock).
+    let mut reader = CommandReader::new(stream);
     let mut session = Session::new(trace_header);
     let mut out = Vec::with_capacity(256);
     tracing::debug!(conn = id, peer, "milter: connection");
     loop {
-        let command = read_command(&mut reader).await;
-        if reader.buffer().is_empty() {
-            reader.get_ref().acknowledge_now();
+        let command = reader.next().await;
+        if !reader.buffered() {
+            reader.stream.acknowledge_now();
         }
         let command = match command {
             Ok(Some(command)) => command,
@@ -404,12 +411,12 @@ async fn run_connection<D: Decider>(
         for r in &responses {
             codec::encode(r, &mut out);
         }
-        if let Err(e) = reader.get_mut().write_all(&out).await {
+        if let Err(e) = reader.stream.write_all(&out).await {
             tracing::warn!(conn = id, peer, error = %e, "milter: write failed, closing connection");
             break;
         }
     }
-    let _ = reader.get_mut().shutdown().await;
+    let _ = reader.stream.shutdown().await;
 }
 
 /// One structured line per message, naming the MTA's queue id so a hold can be released.
@@ -481,12 +488,12 @@ fn log_message(
 
 #[cfg(test)]
 mod tests {
-    use super::codec::{Command, encode_command};
+    use super::codec::Command;
+    use super::mta::encode_command;
     use super::*;
 
     async fn read_bytes(bytes: Vec<u8>) -> Result<Option<Command>, ReadError> {
-        let mut r = &bytes[..];
-        read_command(&mut r).await
+        CommandReader::new(&bytes[..]).next().await
     }
 
     #[tokio::test]
@@ -501,12 +508,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn packets_larger_than_the_buffer_and_several_per_read() {
+        let big = Command::Body(vec![b'x'; 3 * READ_BUFFER + 17]);
+        let mut wire = Vec::new();
+        for c in [
+            &Command::Helo("a".into()),
+            &big,
+            &Command::Data,
+            &Command::Quit,
+        ] {
+            encode_command(c, &mut wire);
+        }
+        let mut reader = CommandReader::new(&wire[..]);
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(Command::Helo("a".into()))
+        );
+        assert!(
+            reader.buffered(),
+            "the start of the body packet came in the same read"
+        );
+        assert_eq!(reader.next().await.unwrap(), Some(big));
+        assert_eq!(reader.next().await.unwrap(), Some(Command::Data));
+        assert!(reader.buffered());
+        assert_eq!(reader.next().await.unwrap(), Some(Command::Quit));
+        assert!(!reader.buffered());
+        assert_eq!(reader.next().await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn truncated_absurd_and_unknown_packets_are_errors() {
         let mut buf = Vec::new();
         encode_command(&Command::Helo("client.example".into()), &mut buf);
-        buf.truncate(buf.len() - 3);
+        let whole = buf.len();
+        buf.truncate(whole - 3);
         let e = read_bytes(buf).await.unwrap_err();
-        assert!(matches!(e, ReadError::Truncated { .. }), "{e}");
+        assert!(
+            matches!(e, ReadError::Truncated { got, expected } if got == whole - 3 && expected == whole),
+            "{e}"
+        );
         assert!(e.to_string().contains("truncated packet"));
 
         let e = read_bytes(vec![0, 0]).await.unwrap_err();
@@ -517,6 +557,11 @@ mod tests {
                 expected: 4
             }
         ));
+        let e = read_bytes(vec![0, 0, 0, 9]).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "truncated packet: the peer closed after 4 of 13 bytes"
+        );
 
         let e = read_bytes(vec![0xff, 0xff, 0xff, 0xff, b'H'])
             .await
@@ -529,5 +574,33 @@ mod tests {
             matches!(e, ReadError::Codec(CodecError::UnknownCommand(b'Z'))),
             "{e}"
         );
+    }
+
+    /// A peer that never finishes its packet is cut off at PACKET_TIMEOUT, one that sits between
+    /// packets only at IDLE_TIMEOUT (virtual time: the runtime's clock is paused).
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_between_and_within_packets() {
+        let (mut mta, ours) = tokio::io::duplex(64);
+        let mut reader = CommandReader::new(ours);
+        let start = Instant::now();
+        let mut helo = Vec::new();
+        encode_command(&Command::Helo("h".into()), &mut helo);
+        let waiting = tokio::spawn(async move {
+            let first = reader.next().await;
+            let at = Instant::now();
+            let second = reader.next().await;
+            (first, at, second, Instant::now())
+        });
+        // Just inside the idle deadline, the packet begins; its last byte never comes.
+        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        mta.write_all(&helo).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        mta.write_all(&helo[..helo.len() - 1]).await.unwrap();
+        let (first, at, second, end) = waiting.await.unwrap();
+        assert_eq!(first.unwrap(), Some(Command::Helo("h".into())));
+        assert_eq!(at - start, IDLE_TIMEOUT - Duration::from_secs(1));
+        assert!(matches!(second, Err(ReadError::Timeout(t)) if t == PACKET_TIMEOUT));
+        assert_eq!(end - at, Duration::from_secs(1) + PACKET_TIMEOUT);
+        drop(mta);
     }
 }

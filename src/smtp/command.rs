@@ -9,6 +9,7 @@ use smtp_proto::{
     MAIL_SMTPUTF8, MailFrom, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
     RCPT_NOTIFY_SUCCESS, RcptTo, Request,
 };
+use std::borrow::Cow;
 use std::fmt::Write;
 
 /// Longest forward- or reverse-path (RFC 5321 4.5.3.1.3).
@@ -40,7 +41,38 @@ pub type Command = Request<String>;
 
 /// Parses one command line (with its line end).
 pub fn parse(line: &[u8]) -> Result<Command, smtp_proto::Error> {
-    Request::parse(&mut line.iter()).map(Request::into_owned)
+    let mut command = Request::parse(&mut line.iter()).map(Request::into_owned)?;
+    // smtp-proto gives `<Postmaster>` (RFC 5321 4.5.1: no domain, any case, and every server
+    // MUST take it as a recipient) as an empty address, the same as `<>`: name it again, or it
+    // goes upstream as `RCPT TO:<>` (refused there) or `MAIL FROM:<>` (a bounce).
+    let address = match &mut command {
+        Request::Rcpt { to } => &mut to.address,
+        Request::Mail { from } => &mut from.address,
+        _ => return Ok(command),
+    };
+    if address.is_empty() && names_postmaster(line) {
+        *address = "postmaster".into();
+    }
+    Ok(command)
+}
+
+/// Whether the path in a MAIL or RCPT line (between the first `<` and the next `>`, after any source
+/// route, quotes ignored) is `postmaster`.
+fn names_postmaster(line: &[u8]) -> bool {
+    let Some(open) = memchr::memchr(b'<', line) else {
+        return false;
+    };
+    let rest = &line[open + 1..];
+    let Some(close) = memchr::memchr(b'>', rest) else {
+        return false;
+    };
+    let path = &rest[..close];
+    let mailbox = match memchr::memrchr(b':', path) {
+        Some(colon) => &path[colon + 1..],
+        None => path,
+    };
+    let unquoted: Vec<u8> = mailbox.iter().copied().filter(|&b| b != b'"').collect();
+    unquoted.eq_ignore_ascii_case(b"postmaster")
 }
 
 /// The value of a MAIL command's `SIZE=` parameter, read without overflow (saturating), or
@@ -73,6 +105,9 @@ pub enum ParamError {
     TooBig,
     /// Path longer than 256 octets: 501 5.1.3.
     PathTooLong,
+    /// A mailbox no MTA should be handed (a control character, a domain with characters no
+    /// domain has): 501 5.1.3.
+    BadPath,
 }
 
 impl ParamError {
@@ -81,6 +116,7 @@ impl ParamError {
             ParamError::NotOffered(p) => format!("555 5.5.4 {p} parameter not supported\r\n"),
             ParamError::TooBig => crate::reply::SIZE_EXCEEDED_MAIL.to_string(),
             ParamError::PathTooLong => "501 5.1.3 Path too long\r\n".to_string(),
+            ParamError::BadPath => "501 5.1.3 Bad address syntax\r\n".to_string(),
         }
     }
 }
@@ -91,9 +127,7 @@ pub fn mail_line(
     offered: &Extensions,
     max_size: usize,
 ) -> Result<(String, String), ParamError> {
-    if from.address.len() > MAX_PATH {
-        return Err(ParamError::PathTooLong);
-    }
+    check_path(&from.address)?;
     let mut params = String::new();
     if from.size > 0 {
         if !offered.size {
@@ -131,7 +165,7 @@ pub fn mail_line(
         params.push_str(" RET=HDRS");
     }
     if let Some(id) = &from.env_id {
-        let _ = write!(params, " ENVID={}", xtext(id));
+        let _ = write!(params, " ENVID={}", xtext_again(id));
     }
     let unsupported = from.auth.is_some()
         || from.trans_id.is_some()
@@ -156,23 +190,25 @@ pub fn mail_line(
 }
 
 /// `MAIL FROM:<address> params` CRLF, the one place the line is written (the proxy, release
-/// and alerts all send it from here).
+/// and alerts all send it from here). The local part is quoted again where it needs it.
 pub fn mail_command(address: &str, params: &str) -> String {
+    let path = quote_path(address);
     let params = params.trim();
     if params.is_empty() {
-        format!("MAIL FROM:<{address}>\r\n")
+        format!("MAIL FROM:<{path}>\r\n")
     } else {
-        format!("MAIL FROM:<{address}> {params}\r\n")
+        format!("MAIL FROM:<{path}> {params}\r\n")
     }
 }
 
 /// `RCPT TO:<address> params` CRLF.
 pub fn rcpt_command(address: &str, params: &str) -> String {
+    let path = quote_path(address);
     let params = params.trim();
     if params.is_empty() {
-        format!("RCPT TO:<{address}>\r\n")
+        format!("RCPT TO:<{path}>\r\n")
     } else {
-        format!("RCPT TO:<{address}> {params}\r\n")
+        format!("RCPT TO:<{path}> {params}\r\n")
     }
 }
 
@@ -181,9 +217,11 @@ pub fn rcpt_line(
     to: &RcptTo<String>,
     offered: &Extensions,
 ) -> Result<(String, String), ParamError> {
-    if to.address.len() > MAX_PATH {
-        return Err(ParamError::PathTooLong);
+    if to.address.is_empty() {
+        // `RCPT TO:<>`: there is no null recipient.
+        return Err(ParamError::BadPath);
     }
+    check_path(&to.address)?;
     let notify = [
         (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
         (RCPT_NOTIFY_FAILURE, "FAILURE"),
@@ -208,11 +246,111 @@ pub fn rcpt_line(
             let _ = write!(params, " NOTIFY={}", words.join(","));
         }
         if let Some(orcpt) = &to.orcpt {
-            let _ = write!(params, " ORCPT=rfc822;{}", xtext(orcpt));
+            let _ = write!(params, " ORCPT=rfc822;{}", xtext_again(orcpt));
         }
     }
     let params = params.trim_start().to_string();
     Ok((rcpt_command(&to.address, &params), params))
+}
+
+/// Whether a mailbox may go upstream: no control character (not even a quoted local part may
+/// hold one, RFC 5321 4.1.2), a domain with nothing that could end the path or start a
+/// parameter, and at most `MAX_PATH` octets once quoted.
+fn check_path(address: &str) -> Result<(), ParamError> {
+    if address.chars().any(char::is_control) {
+        return Err(ParamError::BadPath);
+    }
+    if let Some(at) = address.rfind('@')
+        && !is_domain(&address[at + 1..])
+    {
+        return Err(ParamError::BadPath);
+    }
+    if quote_path(address).len() > MAX_PATH {
+        return Err(ParamError::PathTooLong);
+    }
+    Ok(())
+}
+
+/// A mailbox as it goes between angle brackets. smtp-proto hands us the mailbox with the
+/// quoting of its local part removed (`"a>b c"@d` comes as `a>b c@d`), so a local part that is
+/// not a dot-string is quoted again (RFC 5321 4.1.2): sent bare it would be another address or
+/// smuggle parameters past the ones we understood (`<"x@e> NOTIFY=SUCCESS"@d>`).
+fn quote_path(address: &str) -> Cow<'_, str> {
+    let (local, domain) = match address.rfind('@') {
+        Some(at) => (&address[..at], Some(&address[at + 1..])),
+        None => (address, None),
+    };
+    if address.is_empty() || is_dot_string(local) {
+        return Cow::Borrowed(address);
+    }
+    let mut quoted = String::with_capacity(address.len() + 4);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    if let Some(domain) = domain {
+        quoted.push('@');
+        quoted.push_str(domain);
+    }
+    Cow::Owned(quoted)
+}
+
+/// RFC 5321 Dot-string, with the UTF-8 of RFC 6531 counted as atext.
+fn is_dot_string(local: &str) -> bool {
+    const SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+    !local.is_empty()
+        && local.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .chars()
+                    .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || SPECIALS.contains(c))
+        })
+}
+
+/// A domain name (UTF-8 labels allowed) or an address literal such as `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]`: nothing that could end the path or start a parameter.
+fn is_domain(domain: &str) -> bool {
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        // dcontent: printable ASCII but the brackets and the backslash.
+        return !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| (33..=126).contains(&b) && !matches!(b, b'[' | b']' | b'\\'));
+    }
+    // Labels are not empty: smtp-proto lets `c@\r.d` through as `c@.d` (it drops the CR).
+    domain.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    })
+}
+
+/// xtext again for a value smtp-proto decoded from xtext (ENVID, ORCPT): the octets the client
+/// sent, not a second encoding of them. smtp-proto decodes each `+HH` to the char U+00HH, so a
+/// char up to U+00FF stands for one octet and goes back as that octet: a client's
+/// `ORCPT=rfc822;j+C3+B6e@x` goes on as it came, not as `j+C3+83+C2+B6e@x`. Only a char above
+/// U+00FF (raw UTF-8, which xtext does not allow) goes as its UTF-8 octets.
+fn xtext_again(decoded: &str) -> String {
+    let mut out = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        match u8::try_from(c) {
+            Ok(b) if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' => out.push(c),
+            Ok(b) => {
+                let _ = write!(out, "+{b:02X}");
+            }
+            Err(_) => {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    let _ = write!(out, "+{b:02X}");
+                }
+            }
+        }
+    }
+    out
 }
 
 /// xtext (RFC 3461 4): printable ASCII except "+" and "=" as is, everything else as +HH.
@@ -361,5 +499,107 @@ mod tests {
     #[test]
     fn xtext_encodes_specials() {
         assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+    }
+
+    /// Found by fuzz/smtp_command: smtp-proto unquotes a quoted local part, and the bare form
+    /// went upstream, where it named another mailbox or carried parameters we never offered.
+    #[test]
+    fn quoted_local_parts_stay_quoted_upstream() {
+        for (sent, upstream) in [
+            ("<\"a b\"@c.test>", "<\"a b\"@c.test>"),
+            ("<\"a>b\"@c.test>", "<\"a>b\"@c.test>"),
+            (
+                "<\"x@e.test> NOTIFY=SUCCESS\"@c.test>",
+                "<\"x@e.test> NOTIFY=SUCCESS\"@c.test>",
+            ),
+            ("<\"a\\\"b\\\\c\"@c.test>", "<\"a\\\"b\\\\c\"@c.test>"),
+            ("<\"plain\"@c.test>", "<plain@c.test>"),
+            ("<j\u{f6}e.x+tag@c.test>", "<j\u{f6}e.x+tag@c.test>"),
+            ("<a.@c.test>", "<\"a.\"@c.test>"),
+        ] {
+            let (line, _) = rcpt_line(&rcpt(&format!("RCPT TO:{sent}\r\n")), &all()).unwrap();
+            assert_eq!(line, format!("RCPT TO:{upstream}\r\n"), "{sent}");
+            // What we send means the same mailbox to us as what the client sent.
+            assert_eq!(
+                rcpt(&line).address,
+                rcpt(&format!("RCPT TO:{sent}\r\n")).address
+            );
+            let (line, _) = mail_line(&mail(&format!("MAIL FROM:{sent}\r\n")), &all(), 10).unwrap();
+            assert_eq!(line, format!("MAIL FROM:{upstream}\r\n"), "{sent}");
+        }
+        // Release and alerts write their lines from stored, unquoted addresses the same way.
+        assert_eq!(
+            rcpt_command("a b@c.test", "NOTIFY=NEVER"),
+            "RCPT TO:<\"a b\"@c.test> NOTIFY=NEVER\r\n"
+        );
+        assert_eq!(mail_command("", ""), "MAIL FROM:<>\r\n");
+    }
+
+    /// `RCPT TO:<Postmaster>` must be taken (RFC 5321 4.5.1); smtp-proto gives it as an empty
+    /// address, which went upstream as `RCPT TO:<>`.
+    #[test]
+    fn postmaster_without_a_domain_goes_upstream_as_postmaster_not_as_null() {
+        for sent in [
+            "<postmaster>",
+            "<PostMaster>",
+            "<@relay.test:postmaster>",
+            " <Postmaster> NOTIFY=NEVER",
+        ] {
+            let to = rcpt(&format!("RCPT TO:{sent}\r\n"));
+            assert_eq!(to.address, "postmaster", "{sent}");
+            let (line, _) = rcpt_line(&to, &all()).unwrap();
+            assert!(line.starts_with("RCPT TO:<postmaster>"), "{line}");
+        }
+        assert_eq!(
+            rcpt_line(&rcpt("RCPT TO:<>\r\n"), &all()),
+            Err(ParamError::BadPath)
+        );
+        // Not a bounce either.
+        let (line, _) = mail_line(&mail("MAIL FROM:<Postmaster>\r\n"), &all(), 10).unwrap();
+        assert_eq!(line, "MAIL FROM:<postmaster>\r\n");
+        let (line, _) = mail_line(&mail("MAIL FROM:<>\r\n"), &all(), 10).unwrap();
+        assert_eq!(line, "MAIL FROM:<>\r\n");
+    }
+
+    fn to_domain_is_refused(domain: &str) {
+        let mut to = rcpt("RCPT TO:<a@c.test>\r\n");
+        to.address = format!("a@{domain}");
+        assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath), "{domain}");
+    }
+
+    #[test]
+    fn mailboxes_with_controls_or_bad_domains_are_refused() {
+        let from = mail("MAIL FROM:<\"a\0b\"@c.test>\r\n");
+        assert_eq!(mail_line(&from, &all(), 10), Err(ParamError::BadPath));
+        let mut to = rcpt("RCPT TO:<a@c.test>\r\n");
+        to.address = "a@c.test> NOTIFY=NEVER".into();
+        assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath));
+        // Found by fuzz/smtp_command: smtp-proto drops a CR inside a path, so `c@<CR>.d.test`
+        // came as `c@.d.test` and went upstream. An empty label is refused.
+        let to = rcpt("RCPT TO:<c@\r.d.test>\r\n");
+        assert_eq!(to.address, "c@.d.test");
+        assert_eq!(rcpt_line(&to, &all()), Err(ParamError::BadPath));
+        for domain in ["d..test", "d.test.", "."] {
+            to_domain_is_refused(domain);
+        }
+        assert!(ParamError::BadPath.reply().starts_with("501 5.1.3 "));
+    }
+
+    /// Found by fuzz/smtp_command: an ENVID or ORCPT octet above 0x7F, xtext-encoded as xtext
+    /// requires, was encoded a second time on its way upstream (`+C3+B6` became
+    /// `+C3+83+C2+B6`), so the DSN named a mangled original recipient.
+    #[test]
+    fn envid_and_orcpt_octets_go_upstream_as_the_client_sent_them() {
+        let to = rcpt("RCPT TO:<j@d.test> ORCPT=rfc822;j+C3+B6e+2B1@d.test\r\n");
+        let (line, _) = rcpt_line(&to, &all()).unwrap();
+        assert_eq!(
+            line,
+            "RCPT TO:<j@d.test> ORCPT=rfc822;j+C3+B6e+2B1@d.test\r\n"
+        );
+        let from = mail("MAIL FROM:<a@b.test> ENVID=id+FF+00x\r\n");
+        let (line, params) = mail_line(&from, &all(), 10).unwrap();
+        assert_eq!(line, "MAIL FROM:<a@b.test> ENVID=id+FF+00x\r\n");
+        // And what we send is canonical: parsed again, it gives the same line.
+        assert_eq!(mail_line(&mail(&line), &all(), 10).unwrap().1, params);
     }
 }

@@ -6,9 +6,8 @@ use crate::support::wait::{PATIENCE, wait_for};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
-use stormbreaker::milter::codec::{
-    Command, Family, Response, action, encode_command, packet_length, parse_response,
-};
+use stormbreaker::milter::codec::{Command, Family, Response, action, packet_length};
+use stormbreaker::milter::mta::{encode_command, parse_response};
 use stormbreaker::milter::session::{WANTED_STEPS, macro_lists};
 
 fn connect(sb: &Stormbreaker) -> TcpStream {
