@@ -18,6 +18,7 @@ pub mod demo;
 pub mod engine;
 pub mod envelope;
 pub mod fingerprint;
+pub mod frontend;
 pub mod logging;
 pub mod milter;
 pub mod notify;

@@ -189,8 +189,6 @@ struct Settings {
     hostname: String,
     upstream: Target,
     lists: HashMap<String, u64>,
-    /// The milter holds in Postfix's hold queue, which our release command does not reach.
-    milter: bool,
 }
 
 impl Settings {
@@ -205,7 +203,6 @@ impl Settings {
                 .iter()
                 .map(|l| (l.address.to_ascii_lowercase(), l.members))
                 .collect(),
-            milter: config.milter.listen.is_some(),
         }
     }
 }
@@ -273,6 +270,10 @@ impl Notifier {
             };
             let settings = self.inner.settings.load_full();
             let thread = report_of(&mail).hold.thread.clone();
+            if settings.upstream.address.is_empty() {
+                tracing::error!(%thread, to = ?rcpts, "alert not sent: [upstream] address is not set");
+                continue;
+            }
             let task = handle.spawn(async move {
                 let sent =
                     SmtpClient::send(&settings.upstream, &settings.from, &rcpts, &bytes).await;
@@ -361,12 +362,6 @@ impl Notifier {
         let h = &h;
         let config = shell_quote(&self.inner.config_path.display().to_string());
         let thread = shell_quote(&h.thread);
-        let milter = if self.inner.settings.load().milter {
-            "Messages the milter held are in Postfix's hold queue instead:\n\
-             \x20 postqueue -j   (list),   postsuper -H QUEUE_ID   (release)\n"
-        } else {
-            ""
-        };
         format!(
             "A reply-all storm breaker is open; replies to this thread are being held.\n\
              \n\
@@ -384,7 +379,6 @@ impl Notifier {
              \x20 stormbreaker quarantine --config {config} list --thread {thread}\n\
              If this is not a storm, release everything held on the thread:\n\
              \x20 stormbreaker quarantine --config {config} release --thread {thread}\n\
-             {milter}\
              \n\
              At most one update per thread follows per notify.interval while the breaker stays open.\n",
             h.thread,
@@ -676,22 +670,8 @@ mod tests {
             ),
             "{body}"
         );
-        assert!(!body.contains("postsuper"), "no milter configured");
-
-        c.milter.listen = Some("127.0.0.1:8891".into());
-        let target = crate::proxy::session::upstream_target(&c).unwrap();
-        let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"), target);
-        let report = ThreadReport {
-            hold: hold("t"),
-            held: 1,
-            opened_at_ms: 0,
-        };
-        let (_, bytes) = n.render(&Outgoing::Alert(report), 0);
-        assert!(
-            String::from_utf8(bytes)
-                .unwrap()
-                .contains("postsuper -H QUEUE_ID")
-        );
+        // The milter holds in our quarantine too: one set of commands for both front ends.
+        assert!(!body.contains("postsuper"), "{body}");
     }
 
     #[test]

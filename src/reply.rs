@@ -12,6 +12,10 @@ pub const UPSTREAM_FAILED: &str =
     "451 4.4.2 Upstream connection lost, message not accepted, try again later\r\n";
 pub const UPSTREAM_BAD_REPLY: &str =
     "451 4.3.0 Unexpected reply from upstream, message not accepted, try again later\r\n";
+/// A message the policy would hold where it cannot be held (no quarantine): deferred, the
+/// same reply from the proxy and the milter.
+pub const CANNOT_HOLD: &str =
+    "451 4.3.0 Message cannot be held for review now, try again later\r\n";
 pub const LOCAL_ERROR: &str = "451 4.3.0 Local error, message not accepted, try again later\r\n";
 pub const OK: &str = "250 2.0.0 OK\r\n";
 pub const RESET: &str = "250 2.0.0 Reset state\r\n";

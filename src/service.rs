@@ -73,8 +73,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
     if let Some(listen) = config.milter.listen.clone() {
         tasks.spawn(crate::milter::serve(
-            config.clone(),
-            engine.clone(),
+            shared.clone(),
             listen,
             stop_rx.clone(),
         ));

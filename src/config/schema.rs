@@ -225,7 +225,8 @@ impl<'de> Deserialize<'de> for PassClient {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            address: "127.0.0.1:10025".into(),
+            // Unset: the proxy refuses to start without it; releases and alerts refuse to go.
+            address: String::new(),
             pass_client: PassClient::Xclient,
             connect_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(90),

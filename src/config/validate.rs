@@ -8,14 +8,9 @@ use std::net::SocketAddr;
 const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Config {
-    /// What only the text can tell: a section left out that `run` must not default.
-    fn check_sections(&self, text: &str) -> Result<(), (String, String)> {
-        let table: toml::Table = toml::from_str(text).unwrap_or_default();
-        let upstream_address = table
-            .get("upstream")
-            .and_then(|u| u.as_table())
-            .is_some_and(|u| u.contains_key("address"));
-        if self.proxy.listen.is_some() && !upstream_address {
+    /// A key the running service needs but has no safe default for.
+    fn check_required(&self) -> Result<(), (String, String)> {
+        if self.proxy.listen.is_some() && self.upstream.address.is_empty() {
             return Err((
                 "upstream.address".into(),
                 "the proxy needs [upstream] address: the MTA every accepted message goes to".into(),
@@ -126,7 +121,7 @@ impl Config {
     }
 
     /// Checks that need more than one value's type.
-    pub(super) fn validate(&self, text: &str) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
         self.check_operational()?;
         let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
         if self.proxy.listen.is_none() && self.milter.listen.is_none() {
@@ -168,7 +163,8 @@ impl Config {
                 return fail(key, "must be greater than 0");
             }
         }
-        if self.proxy.listen.is_some() && self.upstream.address.parse::<SocketAddr>().is_err() {
+        if !self.upstream.address.is_empty() && self.upstream.address.parse::<SocketAddr>().is_err()
+        {
             return fail(
                 "upstream.address",
                 "must be an IP address and port, e.g. \"127.0.0.1:10025\"",
@@ -231,7 +227,7 @@ impl Config {
         if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
             return fail("state.url", "the redis backend needs a url");
         }
-        self.check_sections(text)?;
+        self.check_required()?;
         self.check_tls()
     }
 }

@@ -501,6 +501,8 @@ pub enum Response {
     ReplyCode(String),
     /// Put the message on hold (Postfix: the hold queue) with a reason.
     Quarantine(String),
+    /// Accept the message and throw it away (we kept our own copy): the client hears 250.
+    Discard,
     AddHeader {
         name: String,
         value: String,
@@ -518,6 +520,7 @@ impl Response {
             Response::Tempfail => b't',
             Response::ReplyCode(_) => b'y',
             Response::Quarantine(_) => b'q',
+            Response::Discard => b'd',
             Response::AddHeader { .. } => b'h',
         }
     }
@@ -542,7 +545,11 @@ pub fn encode(response: &Response, out: &mut Vec<u8>) {
                 push_str(&mut payload, names);
             }
         }
-        Response::Continue | Response::Accept | Response::Reject | Response::Tempfail => {}
+        Response::Continue
+        | Response::Accept
+        | Response::Reject
+        | Response::Tempfail
+        | Response::Discard => {}
         Response::ReplyCode(text) | Response::Quarantine(text) => push_str(&mut payload, text),
         Response::AddHeader { name, value } => {
             push_str(&mut payload, name);

@@ -5,7 +5,14 @@
 //! - `mta`: the MTA's side of the wire format, for tests and `fuzz/` (feature `mta`).
 //! - `session`: one connection's state machine, no I/O: commands in, responses out.
 //! - this file: listening (TCP or unix socket), reading packets with limits and deadlines,
-//!   asking the engine at end of message, and the one log line per message.
+//!   asking the engine at the end of the headers, keeping a held message's copy in our
+//!   quarantine, and acting on the verdict through `frontend`, like the proxy.
+//!
+//! A held message is kept in our own quarantine, not the MTA's: the engine decides at the end
+//! of the headers, only a message to hold sends us its body, we write it to the quarantine,
+//! fsync, and answer DISCARD, so the MTA's client hears 250 only once our copy is durable.
+//! `stormbreaker quarantine` then lists, releases (re-injecting to `[upstream] address`),
+//! deletes and expires milter holds like proxy holds, for Postfix and Sendmail alike.
 //!
 //! Recommended Postfix settings: `milter_protocol = 6` and `milter_default_action = tempfail`,
 //! so that mail waits in the senders' queues while stormbreaker is down instead of passing
@@ -16,13 +23,13 @@ pub mod codec;
 pub mod mta;
 pub mod session;
 
-use crate::config::Config;
-use crate::engine::Engine;
-use crate::envelope::Envelope;
+use crate::frontend::{Decider, Disposition, MessageFacts, Shared};
+use crate::notify::Notifier;
+use crate::quarantine::{HoldWriter, Quarantine};
 use crate::service::Shutdown;
-use crate::verdict::{Action, Verdict};
+use crate::verdict::Verdict;
 use codec::{CodecError, FrameReader, Response};
-use session::{Pending, Session, Step};
+use session::{Ending, Pending, Session, Step};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,63 +50,43 @@ const MAX_SESSIONS: usize = 1024;
 const READ_BUFFER: usize = 8 * 1024;
 
 /// Serves the milter protocol on `listen` (`host:port` or a unix socket path) until shutdown.
-pub async fn serve(
-    config: Arc<Config>,
-    engine: Arc<Engine>,
-    listen: String,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
+/// Each MTA connection takes the engine and settings in place when it opens, so a reload
+/// (SIGHUP) applies from the next SMTP session on.
+pub async fn serve(shared: Arc<Shared>, listen: String, shutdown: Shutdown) -> anyhow::Result<()> {
     let options = Options {
-        trace_header: config.milter.trace_header,
-        shutdown_grace: config.proxy.shutdown_grace,
+        shutdown_grace: shared.config.load().proxy.shutdown_grace,
     };
-    serve_with(engine, listen, options, shutdown).await
+    let services = move || Services {
+        decider: shared.engine.load_full(),
+        quarantine: shared.quarantine.clone(),
+        notifier: shared.notifier.clone(),
+        trace_header: shared.config.load().milter.trace_header,
+    };
+    serve_with(services, listen, options, shutdown).await
 }
 
-/// What decides about each message: the storm engine, or a scripted stand-in in tests.
-pub trait Decider: Send + Sync + 'static {
-    /// Whether a message with this envelope could be held at all. When not, the message is
-    /// accepted at DATA and the MTA sends us nothing more of it (no headers, no end of message).
-    /// The default waits for the headers of every message.
-    fn could_hold(&self, _envelope: &Envelope) -> bool {
-        true
-    }
-
-    fn decide(
-        &self,
-        envelope: &Envelope,
-        headers: &[u8],
-        now_ms: u64,
-    ) -> impl Future<Output = Verdict> + Send;
-}
-
-impl Decider for Engine {
-    fn could_hold(&self, envelope: &Envelope) -> bool {
-        Engine::could_hold(self, envelope)
-    }
-
-    fn decide(
-        &self,
-        envelope: &Envelope,
-        headers: &[u8],
-        now_ms: u64,
-    ) -> impl Future<Output = Verdict> + Send {
-        Engine::decide(self, envelope, headers, now_ms)
-    }
+/// What one MTA connection works with.
+#[derive(Clone)]
+pub struct Services {
+    pub decider: Arc<dyn Decider>,
+    /// Where held messages go; without it a message to hold is deferred.
+    pub quarantine: Option<Quarantine>,
+    pub notifier: Option<Arc<Notifier>>,
+    /// Add `X-Stormbreaker: <decision>` to messages that go on.
+    pub trace_header: bool,
 }
 
 /// Settings of the milter server.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Add `X-Stormbreaker: <decision>` to messages that go on.
-    pub trace_header: bool,
     /// On shutdown, how long connections in flight may go on before they are closed.
     pub shutdown_grace: Duration,
 }
 
-/// Serves the milter protocol on `listen` with `decider` until `shutdown` turns true.
-pub async fn serve_with<D: Decider>(
-    decider: Arc<D>,
+/// Serves the milter protocol on `listen` until `shutdown` turns true; `services` gives each
+/// new MTA connection what it works with (the engine, or a scripted decider in tests).
+pub async fn serve_with(
+    services: impl Fn() -> Services + Send + 'static,
     listen: String,
     options: Options,
     mut shutdown: Shutdown,
@@ -126,10 +113,10 @@ pub async fn serve_with<D: Decider>(
                             "milter: too many connections, closing the new one");
                         continue;
                     }
-                    let decider = decider.clone();
+                    let services = services();
                     let id = next_id;
                     sessions.spawn(async move {
-                        run_connection(stream, id, &peer, &*decider, options.trace_header).await
+                        run_connection(stream, id, &peer, services).await
                     });
                 }
                 Err(e) => {
@@ -349,19 +336,25 @@ impl<S: AsyncRead + Unpin> CommandReader<S> {
     }
 }
 
+/// A message past the end of its headers, decided, waiting for its end.
+struct InFlight {
+    pending: Pending,
+    verdict: Verdict,
+    /// The copy being written to the quarantine, for a message to hold.
+    writer: Option<Box<HoldWriter>>,
+    /// Writing the copy failed: the message is deferred at its end.
+    failed: bool,
+}
+
 /// Serves one MTA connection; protocol errors end it with a log line, never beyond it.
-async fn run_connection<D: Decider>(
-    stream: Box<dyn Stream>,
-    id: u64,
-    peer: &str,
-    decider: &D,
-    trace_header: bool,
-) {
+async fn run_connection(stream: Box<dyn Stream>, id: u64, peer: &str, services: Services) {
     // The conversation is strictly request then response, so one stream serves both ways (no
     // split halves and their lock).
     let mut reader = CommandReader::new(stream);
-    let mut session = Session::new(trace_header);
+    let mut session = Session::new(services.trace_header);
+    let mut in_flight: Option<InFlight> = None;
     let mut out = Vec::with_capacity(256);
+    let conn = id.to_string();
     tracing::debug!(conn = id, peer, "milter: connection");
     loop {
         let command = reader.next().await;
@@ -376,6 +369,14 @@ async fn run_connection<D: Decider>(
                 break;
             }
         };
+        if matches!(
+            command,
+            codec::Command::Mail(_) | codec::Command::Abort | codec::Command::QuitNewConnection
+        ) {
+            // A new transaction or an abort: a message in flight is over; its partial copy is
+            // removed with its writer (the MTA never gave its client a 250 for it).
+            in_flight = None;
+        }
         let step = match session.handle(command) {
             Ok(step) => step,
             Err(e) => {
@@ -387,21 +388,36 @@ async fn run_connection<D: Decider>(
             Step::Reply(responses) => responses,
             Step::Close => break,
             Step::AtData(pending) => {
-                if decider.could_hold(&pending.envelope) {
+                if services.decider.could_hold(&pending.envelope) {
                     vec![Response::Continue]
                 } else {
                     let responses = session.accept_message();
-                    log_message(id, "data", &pending, &Verdict::DELIVER, &responses);
+                    finished(&conn, "data", &pending, &Verdict::DELIVER, None, None);
                     responses
                 }
             }
             Step::Decide(pending) => {
-                let verdict = decider
-                    .decide(&pending.envelope, &pending.headers, crate::now_ms())
-                    .await;
-                let responses = session.verdict(&verdict);
-                log_message(id, "end-of-message", &pending, &verdict, &responses);
+                let (flight, responses) = decide(&services, &mut session, &conn, pending).await;
+                in_flight = flight;
                 responses
+            }
+            Step::Body(chunk) => {
+                if let Some(flight) = in_flight.as_mut() {
+                    write_body(flight, chunk, &conn).await;
+                }
+                session.body_reply()
+            }
+            Step::EndOfMessage(undecided) => {
+                let flight = match undecided {
+                    // No end of headers from this MTA: decide now (with no body to keep, a
+                    // hold is deferred, never lost).
+                    Some(pending) => decide(&services, &mut session, &conn, pending).await.0,
+                    None => in_flight.take(),
+                };
+                match flight {
+                    Some(flight) => end_of_message(&services, &session, &conn, flight).await,
+                    None => vec![Response::Continue],
+                }
             }
         };
         if responses.is_empty() {
@@ -416,74 +432,198 @@ async fn run_connection<D: Decider>(
             break;
         }
     }
+    // A message still in flight (the MTA went away before its end) drops its partial copy:
+    // the MTA keeps the message, and its client never heard 250 for it.
+    drop(in_flight);
     let _ = reader.stream.shutdown().await;
 }
 
-/// One structured line per message, naming the MTA's queue id so a hold can be released.
-/// `decided_at`: "data" (accepted with the envelope alone) or "end-of-message".
-fn log_message(
-    conn: u64,
-    decided_at: &'static str,
-    pending: &Pending,
-    verdict: &Verdict,
-    responses: &[Response],
-) {
-    let queue_id = pending.queue_id.as_deref().unwrap_or("-");
-    let envelope = &pending.envelope;
-    let hold = verdict.hold.as_ref();
-    let thread = hold.map_or("", |h| h.thread.as_str());
-    let reason = hold.map_or("", |h| h.reason.as_str());
-    let breaker = hold.map_or("", |h| h.breaker);
-    let list = hold.and_then(|h| h.list.as_deref()).unwrap_or("");
-    let client = envelope
-        .client_addr
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    let quarantined = responses
-        .iter()
-        .any(|r| matches!(r, Response::Quarantine(_)));
+/// At the end of the headers: the verdict and what it comes to. A message to hold starts its
+/// copy in the quarantine (headers first) and goes on; anything else is answered now and,
+/// unless it waits for the trace header, logged.
+async fn decide(
+    services: &Services,
+    session: &mut Session,
+    conn: &str,
+    pending: Pending,
+) -> (Option<InFlight>, Vec<Response>) {
+    let now = crate::now_ms();
+    let verdict = services
+        .decider
+        .decide(&pending.envelope, &pending.headers, now)
+        .await;
+    crate::frontend::decided(&verdict, services.notifier.as_deref(), now);
     if pending.headers_truncated {
         tracing::warn!(
             conn,
-            queue_id,
+            queue_id = pending.queue_id.as_deref(),
             limit = session::MAX_HEADER_BLOCK,
             "milter: header block over the limit, later headers not seen by the engine"
         );
     }
-    let verdict_label = verdict.label();
-    macro_rules! line {
-        ($level:ident, $text:expr) => {
-            tracing::$level!(
+    // A copy without all of its headers would not be the message: such a hold is deferred.
+    let can_hold = services.quarantine.is_some() && !pending.headers_truncated;
+    let disposition = crate::frontend::disposition(&verdict, can_hold);
+    let responses = session.after_decision(&disposition);
+    let mut flight = InFlight {
+        pending,
+        verdict,
+        writer: None,
+        failed: false,
+    };
+    match disposition {
+        Disposition::Hold => {
+            let Some(q) = services.quarantine.clone() else {
+                return (None, responses);
+            };
+            let headers = flight.pending.headers.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                let mut writer = q.begin()?;
+                writer.write_all(&headers)?;
+                Ok::<_, std::io::Error>(writer)
+            })
+            .await;
+            match started {
+                Ok(Ok(writer)) => flight.writer = Some(Box::new(writer)),
+                failed => {
+                    tracing::error!(conn, error = ?failed.map(|r| r.err().map(|e| e.to_string())), "milter: cannot start a held message; it will be deferred");
+                    flight.failed = true;
+                }
+            }
+            (Some(flight), responses)
+        }
+        Disposition::Deliver if responses == [Response::Continue] => {
+            // Goes on to the end of message for the trace header.
+            (Some(flight), responses)
+        }
+        Disposition::Deliver | Disposition::Refuse(_) => {
+            let reply = responses.iter().find_map(|r| match r {
+                Response::ReplyCode(text) => Some(text.as_str()),
+                _ => None,
+            });
+            finished(
                 conn,
-                queue_id,
-                decided_at,
-                verdict = verdict_label,
-                client = %client,
-                client_name = %pending.client_name,
-                from = %envelope.mail_from,
-                rcpts = envelope.rcpts.len(),
-                thread,
-                list,
-                breaker,
-                reason,
-                $text
-            )
-        };
+                "end-of-headers",
+                &flight.pending,
+                &flight.verdict,
+                reply,
+                None,
+            );
+            (None, responses)
+        }
     }
-    match (verdict.action, hold) {
-        (Action::Quarantine, _) if quarantined => line!(
-            warn,
-            "milter: message put in the MTA's hold queue (release: postsuper -H <queue_id>)"
-        ),
-        (Action::Quarantine, _) => line!(
-            warn,
-            "milter: the MTA offers no quarantine action: message tempfailed instead"
-        ),
-        (Action::Reject, _) => line!(warn, "milter: message rejected"),
-        (Action::Tempfail, _) => line!(warn, "milter: message tempfailed"),
-        (Action::Deliver, Some(_)) => line!(info, "milter: would hold (log only), delivered"),
-        (Action::Deliver, None) => line!(info, "milter: message delivered"),
+}
+
+/// Appends a body chunk to the copy of a message being held.
+async fn write_body(flight: &mut InFlight, chunk: Vec<u8>, conn: &str) {
+    let Some(mut writer) = flight.writer.take() else {
+        return;
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        let r = writer.write_all(&chunk);
+        (writer, r)
+    })
+    .await;
+    match written {
+        Ok((writer, Ok(()))) => flight.writer = Some(writer),
+        failed => {
+            tracing::error!(conn, error = ?failed.map(|(_, r)| r.err().map(|e| e.to_string())), "milter: cannot write a held message; it will be deferred");
+            flight.failed = true;
+        }
     }
+}
+
+/// At the end of message: a held message is committed (fsync, rename) and only then may the
+/// MTA discard its own copy; a delivered one gets the trace header.
+async fn end_of_message(
+    services: &Services,
+    session: &Session,
+    conn: &str,
+    mut flight: InFlight,
+) -> Vec<Response> {
+    let mut held_id = None;
+    let ending = match (flight.writer.take(), &flight.verdict.hold) {
+        (Some(writer), Some(hold)) if !flight.failed => {
+            let (envelope, hold, headers) = (
+                flight.pending.envelope.clone(),
+                hold.clone(),
+                flight.pending.headers.clone(),
+            );
+            let committed =
+                tokio::task::spawn_blocking(move || writer.commit(&envelope, &hold, &headers))
+                    .await;
+            match committed {
+                Ok(Ok(id)) => {
+                    if let Some(hold) = &flight.verdict.hold {
+                        crate::frontend::held(
+                            &flight.pending.envelope,
+                            hold,
+                            &id.0,
+                            services.notifier.as_deref(),
+                        );
+                    }
+                    held_id = Some(id.0);
+                    Ending::Held
+                }
+                failed => {
+                    tracing::error!(conn, error = ?failed.map(|r| r.err().map(|e| e.to_string())), "milter: cannot commit a held message; deferred");
+                    Ending::Refuse(crate::reply::LOCAL_ERROR.to_string())
+                }
+            }
+        }
+        // The copy failed: deferred, never lost.
+        _ if flight.failed => Ending::Refuse(crate::reply::LOCAL_ERROR.to_string()),
+        // Decided here (the MTA sent no end of headers, so there is no body to keep) or going
+        // on for the trace header.
+        _ => match crate::frontend::disposition(&flight.verdict, false) {
+            Disposition::Deliver => Ending::Deliver {
+                label: flight.verdict.label(),
+            },
+            Disposition::Refuse(text) => Ending::Refuse(text),
+            Disposition::Hold => Ending::Refuse(crate::reply::CANNOT_HOLD.to_string()),
+        },
+    };
+    let responses = session.at_end(&ending);
+    let reply = match &ending {
+        Ending::Refuse(text) => Some(text.trim_end()),
+        _ => None,
+    };
+    finished(
+        conn,
+        "end-of-headers",
+        &flight.pending,
+        &flight.verdict,
+        reply,
+        held_id.as_deref(),
+    );
+    responses
+}
+
+/// The one log line per message, through `frontend` like the proxy's.
+fn finished(
+    conn: &str,
+    decided_at: &'static str,
+    pending: &Pending,
+    verdict: &Verdict,
+    reply: Option<&str>,
+    held_id: Option<&str>,
+) {
+    let facts = MessageFacts {
+        mode: "milter",
+        session: conn,
+        client: pending.envelope.client_addr,
+        client_name: Some(pending.client_name.as_str()).filter(|n| !n.is_empty()),
+        envelope: &pending.envelope,
+        headers: &pending.headers,
+        size: None,
+        decided_at,
+        reply,
+        queue_id: pending.queue_id.as_deref(),
+        held_id,
+        tls: None,
+        ms: None,
+    };
+    crate::frontend::finished(&facts, verdict, reply.is_some_and(|r| !r.starts_with('2')));
 }
 
 #[cfg(test)]

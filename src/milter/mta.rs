@@ -100,6 +100,7 @@ pub fn parse_response(code: u8, payload: &[u8]) -> Result<Response, CodecError> 
         b't' => Response::Tempfail,
         b'y' => Response::ReplyCode(fields.string()?),
         b'q' => Response::Quarantine(fields.string()?),
+        b'd' => Response::Discard,
         b'h' => Response::AddHeader {
             name: fields.string()?,
             value: fields.string()?,
@@ -215,6 +216,7 @@ pub(crate) mod tests {
             for response in [
                 Response::Continue,
                 Response::Accept,
+                Response::Discard,
                 Response::ReplyCode(text.clone()),
                 Response::Quarantine(text.clone()),
                 Response::AddHeader { name: name.clone(), value: text.clone() },

@@ -3,27 +3,30 @@
 //! The connection state (client, HELO, connection macros) lives as long as the MTA's SMTP
 //! session; the message state (envelope, headers, message macros such as the queue id `i`) is
 //! cleared by MAIL, ABORT and the end of each message, so one SMTP session may carry many
-//! messages. At end of message the session hands a [`Pending`] message out; the caller asks the
-//! engine and gives the verdict back to [`Session::verdict`], which says what to answer.
+//! messages. At the end of the headers the session hands a [`Pending`] message out; the caller
+//! asks the engine and gives the disposition back to [`Session::after_decision`]. A message to
+//! hold goes on to its end (its body is what we keep), where [`Session::at_end`] says what to
+//! answer: discard (we have our own copy, durably) or, for a delivered message with the trace
+//! header, add it.
 
-use super::codec::{Command, Family, Response, action, clean_text, step};
+use super::codec::{Command, Family, Response, action, step};
 use crate::envelope::{Envelope, Recipient};
-use crate::verdict::{Action, Verdict};
+use crate::frontend::Disposition;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// Steps we ask the MTA to leave out or not wait for: we need the envelope and the headers only.
-/// Each is requested only if the MTA offers it (a flag it did not offer would fail negotiation).
-/// DATA is kept (and answered): with all recipients known, a message that cannot be held is
-/// accepted there, and the MTA skips its whole content phase for us.
-pub const WANTED_STEPS: u32 = step::NO_BODY
-    | step::NO_UNKNOWN
-    | step::NO_EOH
+/// Steps we ask the MTA to leave out or not wait for. Each is requested only if the MTA offers
+/// it (a flag it did not offer would fail negotiation). DATA is answered: with all recipients
+/// known, a message that cannot be held is accepted there, and the MTA skips its content for
+/// us. The end of the headers is answered too: the engine decides there, and only a message
+/// to hold goes on, so only held messages send us their body (in chunks we do not answer).
+pub const WANTED_STEPS: u32 = step::NO_UNKNOWN
     | step::NR_CONNECT
     | step::NR_HELO
     | step::NR_MAIL
     | step::NR_RCPT
-    | step::NR_HEADER;
+    | step::NR_HEADER
+    | step::NR_BODY;
 
 /// The only macros we read, per stage (SMFIM_CONNECT .. SMFIM_EOH), asked for with
 /// SMFIR_SETSYMLIST when the MTA offers it: Postfix then looks up and sends these few instead of
@@ -64,8 +67,6 @@ const NO_REPLY_STEP: &[(u8, u32)] = &[
 pub const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// Distinct macro names kept per scope (connection or message); Postfix sends about 20.
 pub const MAX_MACROS: usize = 256;
-/// Longest reason text put in a reply or quarantine reason.
-const MAX_REASON: usize = 400;
 
 /// The trace header added when `[milter] trace_header` is on.
 pub const TRACE_HEADER: &str = "X-Stormbreaker";
@@ -89,10 +90,26 @@ pub enum Step {
     /// DATA: the envelope is complete. Answer continue if the engine could hold it, else
     /// [`Session::accept_message`].
     AtData(Pending),
-    /// End of message: ask the engine about this message, then call [`Session::verdict`].
+    /// End of headers: ask the engine about this message, then [`Session::after_decision`].
     Decide(Pending),
+    /// A body chunk of a message being held; answer with [`Session::body_reply`].
+    Body(Vec<u8>),
+    /// End of message: answer with [`Session::at_end`]. Carries the message when the MTA never
+    /// sent its end of headers, so the decision is still to take.
+    EndOfMessage(Option<Pending>),
     /// The MTA said QUIT: close the connection.
     Close,
+}
+
+/// How a message that went on to its end came out, for [`Session::at_end`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It goes on; with the trace header it gets `X-Stormbreaker: label`.
+    Deliver { label: &'static str },
+    /// It is in our quarantine, durably: the MTA may throw it away.
+    Held,
+    /// Answer with this reply (a hold that failed, a refusal decided at the end).
+    Refuse(String),
 }
 
 /// A whole message waiting for the engine's verdict.
@@ -127,6 +144,8 @@ struct Connection {
 
 #[derive(Debug, Default, Clone)]
 struct Message {
+    /// The engine decided at the end of the headers.
+    decided: bool,
     mail_from: Option<Vec<String>>,
     rcpts: Vec<Vec<String>>,
     headers: Vec<u8>,
@@ -205,8 +224,17 @@ impl Session {
             Command::Data if !self.trace_header => {
                 return Ok(Step::AtData(self.pending(self.message.clone())));
             }
-            Command::Data | Command::EndOfHeaders | Command::Body(_) | Command::Unknown(_) => {}
-            Command::EndOfMessage(_) => return Ok(Step::Decide(self.take_message())),
+            Command::EndOfHeaders => {
+                self.message.decided = true;
+                return Ok(Step::Decide(self.pending(self.message.clone())));
+            }
+            Command::Body(chunk) => return Ok(Step::Body(chunk)),
+            Command::Data | Command::Unknown(_) => {}
+            Command::EndOfMessage(_) => {
+                let message = std::mem::take(&mut self.message);
+                let undecided = (!message.decided).then(|| self.pending(message));
+                return Ok(Step::EndOfMessage(undecided));
+            }
             Command::Abort => {
                 self.message = Message::default();
                 return Ok(Step::Reply(Vec::new()));
@@ -234,7 +262,7 @@ impl Session {
         if version < 2 {
             return Err(SessionError::OldVersion(version));
         }
-        let mut wanted_actions = action::QUARANTINE;
+        let mut wanted_actions = 0;
         if self.trace_header {
             wanted_actions |= action::ADD_HEADERS;
         }
@@ -314,12 +342,6 @@ impl Session {
         vec![Response::Accept]
     }
 
-    /// Ends the message: the envelope and headers collected, for the engine.
-    fn take_message(&mut self) -> Pending {
-        let message = std::mem::take(&mut self.message);
-        self.pending(message)
-    }
-
     /// The envelope and headers of `message`, with what the macros add.
     fn pending(&self, message: Message) -> Pending {
         let client = self.connection.client.or_else(|| {
@@ -373,45 +395,57 @@ impl Session {
         }
     }
 
-    /// The answer at end of message for the engine's verdict.
-    pub fn verdict(&self, verdict: &Verdict) -> Vec<Response> {
+    /// The answer at the end of the headers. Deliver: accept (the MTA skips the body for us),
+    /// or, with the trace header, continue to the end of message to add it. Hold: continue;
+    /// the body follows and the message is committed at its end. Refuse: the reply.
+    pub fn after_decision(&mut self, disposition: &Disposition) -> Vec<Response> {
+        match disposition {
+            Disposition::Deliver if self.adds_trace_header() => vec![Response::Continue],
+            Disposition::Deliver => {
+                self.message = Message::default();
+                vec![Response::Accept]
+            }
+            Disposition::Hold => vec![Response::Continue],
+            Disposition::Refuse(text) => {
+                self.message = Message::default();
+                vec![Response::ReplyCode(text.trim_end().to_string())]
+            }
+        }
+    }
+
+    /// The answer to a body chunk: none when the MTA does not wait for one.
+    pub fn body_reply(&self) -> Vec<Response> {
+        let silent = self
+            .negotiated
+            .is_some_and(|n| n.steps & step::NR_BODY != 0);
+        if silent {
+            Vec::new()
+        } else {
+            vec![Response::Continue]
+        }
+    }
+
+    /// The answer at the end of message.
+    pub fn at_end(&self, ending: &Ending) -> Vec<Response> {
+        match ending {
+            Ending::Deliver { label } if self.adds_trace_header() => vec![
+                Response::AddHeader {
+                    name: TRACE_HEADER.into(),
+                    value: (*label).into(),
+                },
+                Response::Continue,
+            ],
+            Ending::Deliver { .. } => vec![Response::Continue],
+            // Our copy is on disk (fsynced): the MTA's may go; its client hears 250.
+            Ending::Held => vec![Response::Discard],
+            Ending::Refuse(text) => vec![Response::ReplyCode(text.trim_end().to_string())],
+        }
+    }
+
+    /// The trace header is on and the MTA lets us add headers.
+    fn adds_trace_header(&self) -> bool {
         let actions = self.negotiated.map_or(0, |n| n.actions);
-        let reason = clean_text(
-            verdict
-                .hold
-                .as_ref()
-                .map_or("held by stormbreaker", |h| h.reason.as_str()),
-            MAX_REASON,
-        );
-        let mut out = Vec::new();
-        let goes_on = matches!(verdict.action, Action::Deliver | Action::Quarantine);
-        if self.trace_header && goes_on && actions & action::ADD_HEADERS != 0 {
-            out.push(Response::AddHeader {
-                name: TRACE_HEADER.into(),
-                value: verdict.label().into(),
-            });
-        }
-        match verdict.action {
-            Action::Deliver => out.push(Response::Continue),
-            Action::Quarantine if actions & action::QUARANTINE != 0 => {
-                // Postfix moves the message to the hold queue and still needs continue/accept.
-                out.push(Response::Quarantine(reason));
-                out.push(Response::Continue);
-            }
-            Action::Quarantine | Action::Tempfail => {
-                // An MTA without quarantine keeps the message with the sender: try again later.
-                out.retain(|r| !matches!(r, Response::AddHeader { .. }));
-                out.push(Response::ReplyCode(format!(
-                    "{} {reason}",
-                    crate::reply::POLICY_TEMPFAIL
-                )));
-            }
-            Action::Reject => out.push(Response::ReplyCode(format!(
-                "{} {reason}",
-                crate::reply::POLICY_REJECT
-            ))),
-        }
-        out
+        self.trace_header && actions & action::ADD_HEADERS != 0
     }
 }
 
@@ -446,8 +480,6 @@ fn socket_addr(family: Family, address: &str, port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HoldAction;
-    use crate::verdict::Hold;
 
     const POSTFIX_ACTIONS: u32 = 0x1ff;
     const POSTFIX_STEPS: u32 = 0x1fffff;
@@ -486,8 +518,9 @@ mod tests {
         assert_eq!(s.handle(c).unwrap(), Step::Reply(vec![]));
     }
 
+    /// The end of the headers: the message goes to the engine.
     fn decide(s: &mut Session) -> Pending {
-        match s.handle(Command::EndOfMessage(vec![])).unwrap() {
+        match s.handle(Command::EndOfHeaders).unwrap() {
             Step::Decide(p) => p,
             other => panic!("expected a decision, got {other:?}"),
         }
@@ -545,19 +578,6 @@ mod tests {
         );
     }
 
-    fn hold(reason: &str) -> Hold {
-        Hold {
-            thread: "subj:x".into(),
-            list: None,
-            audience: 10,
-            breaker: "replies",
-            replies: 5,
-            senders: 3,
-            reason: reason.into(),
-            action: HoldAction::default(),
-        }
-    }
-
     #[test]
     fn negotiates_only_offered_steps_and_actions() {
         let mut s = Session::new(false);
@@ -572,7 +592,7 @@ mod tests {
             step,
             Step::Reply(vec![Response::OptNeg {
                 version: 6,
-                actions: action::QUARANTINE | action::SET_MACRO_LIST,
+                actions: action::SET_MACRO_LIST,
                 protocol: WANTED_STEPS,
                 macros: macro_lists(),
             }])
@@ -587,12 +607,8 @@ mod tests {
         .unwrap();
         let n = s.negotiated().unwrap();
         assert_eq!(n.version, 2);
-        assert_eq!(n.actions, action::QUARANTINE | action::ADD_HEADERS);
-        assert_eq!(
-            n.steps,
-            step::NO_BODY | step::NO_EOH,
-            "only what was offered"
-        );
+        assert_eq!(n.actions, action::ADD_HEADERS);
+        assert_eq!(n.steps, step::NO_UNKNOWN & 0x7f, "only what was offered");
         assert_eq!(
             s.handle(Command::Helo("x".into())).unwrap(),
             Step::Reply(vec![Response::Continue])
@@ -700,7 +716,10 @@ mod tests {
         message(&mut s, "Q1", "a@x", &["b@y", "c@y"], "one");
         let first = decide(&mut s);
         assert_eq!(first.envelope.rcpts.len(), 2);
-        assert_eq!(s.verdict(&Verdict::DELIVER), vec![Response::Continue]);
+        assert_eq!(
+            s.after_decision(&Disposition::Deliver),
+            vec![Response::Accept]
+        );
 
         // The second message: its own queue id, sender, recipients and headers.
         message(&mut s, "Q2", "d@x", &["e@y"], "two");
@@ -806,49 +825,41 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_map_to_milter_answers() {
-        let s = negotiated(true);
+    fn dispositions_map_to_milter_answers() {
+        // Without the trace header a delivered message is accepted at the end of its headers:
+        // the MTA sends us none of its body.
+        let mut s = negotiated(false);
         assert_eq!(
-            s.verdict(&Verdict::DELIVER),
-            vec![
-                Response::AddHeader {
-                    name: TRACE_HEADER.into(),
-                    value: "deliver".into()
-                },
-                Response::Continue
-            ]
+            s.after_decision(&Disposition::Deliver),
+            vec![Response::Accept]
         );
-        let held = |action| Verdict {
-            action,
-            hold: Some(hold("reply-all storm\r\non 100%")),
-            opened: None,
-        };
+        // A message to hold goes on: its body is what we keep; at its end, once our copy is
+        // durable, the MTA discards its own.
         assert_eq!(
-            s.verdict(&held(Action::Quarantine)),
-            vec![
-                Response::AddHeader {
-                    name: TRACE_HEADER.into(),
-                    value: "quarantine".into()
-                },
-                Response::Quarantine("reply-all storm  on 100?".into()),
-                Response::Continue
-            ]
+            s.after_decision(&Disposition::Hold),
+            vec![Response::Continue]
+        );
+        assert_eq!(s.at_end(&Ending::Held), vec![Response::Discard]);
+        // Refusals carry the reply the front ends share.
+        let refusal = "550 5.7.1 Reply-all storm\r\n".to_string();
+        assert_eq!(
+            s.after_decision(&Disposition::Refuse(refusal)),
+            vec![Response::ReplyCode("550 5.7.1 Reply-all storm".into())]
         );
         assert_eq!(
-            s.verdict(&held(Action::Reject)),
-            vec![Response::ReplyCode(
-                "550 5.7.1 reply-all storm  on 100?".into()
-            )]
+            s.at_end(&Ending::Refuse("451 4.3.0 Local error\r\n".into())),
+            vec![Response::ReplyCode("451 4.3.0 Local error".into())]
+        );
+        // With the trace header, delivered mail goes on to its end for the header.
+        let mut s = negotiated(true);
+        assert_eq!(
+            s.after_decision(&Disposition::Deliver),
+            vec![Response::Continue]
         );
         assert_eq!(
-            s.verdict(&held(Action::Tempfail)),
-            vec![Response::ReplyCode(
-                "451 4.7.1 reply-all storm  on 100?".into()
-            )]
-        );
-        // Dry run: deliver, labelled would-hold.
-        assert_eq!(
-            s.verdict(&held(Action::Deliver)),
+            s.at_end(&Ending::Deliver {
+                label: "would-hold"
+            }),
             vec![
                 Response::AddHeader {
                     name: TRACE_HEADER.into(),
@@ -857,9 +868,38 @@ mod tests {
                 Response::Continue
             ]
         );
-        // Without the trace header, no header.
-        let s = negotiated(false);
-        assert_eq!(s.verdict(&Verdict::DELIVER), vec![Response::Continue]);
+    }
+
+    #[test]
+    fn body_chunks_reach_the_driver_and_are_answered_only_when_the_mta_waits() {
+        let mut s = negotiated(false);
+        message(&mut s, "Q1", "a@x", &["b@y"], "held");
+        decide(&mut s);
+        assert_eq!(
+            s.handle(Command::Body(b"line\r\n".to_vec())).unwrap(),
+            Step::Body(b"line\r\n".to_vec())
+        );
+        assert!(s.body_reply().is_empty(), "Postfix offers NR_BODY");
+        // Decided at the end of headers: the end of message carries nothing to decide.
+        assert_eq!(
+            s.handle(Command::EndOfMessage(vec![])).unwrap(),
+            Step::EndOfMessage(None)
+        );
+        // An MTA that sends no end of headers: the end of message brings the decision.
+        message(&mut s, "Q2", "a@x", &["b@y"], "late");
+        match s.handle(Command::EndOfMessage(vec![])).unwrap() {
+            Step::EndOfMessage(Some(p)) => assert_eq!(p.queue_id.as_deref(), Some("Q2")),
+            other => panic!("{other:?}"),
+        }
+        // A version 2 MTA waits for an answer to each chunk.
+        let mut old = Session::new(false);
+        old.handle(Command::OptNeg {
+            version: 2,
+            actions: 0,
+            protocol: 0,
+        })
+        .unwrap();
+        assert_eq!(old.body_reply(), vec![Response::Continue]);
     }
 
     proptest::proptest! {
@@ -881,29 +921,9 @@ mod tests {
                 };
                 if let Ok(Step::Decide(p)) = s.handle(command) {
                     proptest::prop_assert!(p.headers.ends_with(b"\r\n"));
-                    let _ = s.verdict(&Verdict::DELIVER);
+                    let _ = s.after_decision(&Disposition::Hold);
                 }
             }
         }
-    }
-
-    #[test]
-    fn quarantine_without_the_quarantine_action_tempfails() {
-        let mut s = Session::new(true);
-        s.handle(Command::OptNeg {
-            version: 6,
-            actions: action::ADD_HEADERS,
-            protocol: 0,
-        })
-        .unwrap();
-        let v = Verdict {
-            action: Action::Quarantine,
-            hold: Some(hold("storm")),
-            opened: None,
-        };
-        assert_eq!(
-            s.verdict(&v),
-            vec![Response::ReplyCode("451 4.7.1 storm".into())]
-        );
     }
 }

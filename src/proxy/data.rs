@@ -2,13 +2,14 @@
 //! known, then stream the message to the upstream, hold it, or refuse it, always reading the
 //! client to its real end of data. The session's loop feeds it; it never touches a socket.
 
-use crate::proxy::session::{Shared, Transaction};
+use crate::frontend::{Decider, Disposition, Shared};
+use crate::proxy::session::Transaction;
 use crate::proxy::upstream::UpstreamLink;
 use crate::quarantine::HoldWriter;
 use crate::reply;
 use crate::smtp::client::{ClientError, Reply};
 use crate::smtp::data::{DataDecoder, DataFlaws};
-use crate::verdict::{Action, Verdict};
+use crate::verdict::Verdict;
 use std::time::Instant;
 
 /// Headers beyond this are not waited for: the engine decides on what it has.
@@ -27,7 +28,8 @@ enum Sink {
 }
 
 enum Refusal {
-    Policy,
+    /// The verdict's own reply (reject, tempfail, or cannot hold).
+    Reply(String),
     /// The upstream refused DATA.
     Upstream(Reply),
     UpstreamLost(ClientError),
@@ -39,8 +41,8 @@ enum Refusal {
 /// What the data phase needs from its session, borrowed for one step.
 pub struct Context<'a> {
     pub shared: &'a Shared,
-    /// The engine the session started with.
-    pub engine: &'a crate::engine::Engine,
+    /// What decides (the engine the session started with).
+    pub decider: &'a dyn Decider,
     pub upstream: &'a mut UpstreamLink,
     pub tx: &'a Transaction,
     pub session: &'a str,
@@ -56,6 +58,8 @@ pub struct DataPhase {
     content: Vec<u8>,
     /// The last content, sent with the final dot.
     tail: Vec<u8>,
+    /// The quarantine id, once held.
+    held_id: Option<String>,
     pub started: Instant,
 }
 
@@ -78,6 +82,7 @@ impl DataPhase {
             verdict: Verdict::DELIVER,
             content: Vec::with_capacity(16 * 1024),
             tail: Vec::new(),
+            held_id: None,
             started: Instant::now(),
         }
     }
@@ -94,6 +99,21 @@ impl DataPhase {
 
     pub fn verdict(&self) -> &Verdict {
         &self.verdict
+    }
+
+    /// The header block (empty until the headers were complete).
+    pub fn headers(&self) -> &[u8] {
+        &self.headers
+    }
+
+    /// The quarantine id of a held message.
+    pub fn held_id(&self) -> Option<&str> {
+        self.held_id.as_deref()
+    }
+
+    /// Where the decision was taken, for the log line.
+    pub fn decided_at(&self) -> &'static str {
+        "end-of-headers"
     }
 
     /// Feeds the client's bytes: decodes them, and relays, holds or discards the content.
@@ -133,37 +153,32 @@ impl DataPhase {
     async fn decide(&mut self, cx: &mut Context<'_>, header_len: usize) {
         let headers = &self.headers[..header_len];
         let now = crate::now_ms();
-        self.verdict = cx.engine.decide(&cx.tx.envelope, headers, now).await;
-        if let (Some(opened), Some(notifier)) = (&self.verdict.opened, &cx.shared.notifier) {
-            metrics::counter!(crate::admin::metric::BREAKERS_OPENED).increment(1);
-            notifier.breaker_opened(opened, now);
-        }
-        self.sink = match self.verdict.action {
-            Action::Deliver => match cx.upstream.start_content().await {
+        self.verdict = cx.decider.decide(&cx.tx.envelope, headers, now).await;
+        crate::frontend::decided(&self.verdict, cx.shared.notifier.as_deref(), now);
+        let can_hold = cx.shared.quarantine.is_some();
+        self.sink = match crate::frontend::disposition(&self.verdict, can_hold) {
+            Disposition::Deliver => match cx.upstream.start_content().await {
                 Ok(None) => Sink::Upstream,
                 Ok(Some(refused)) => Sink::Refuse(Refusal::Upstream(refused)),
                 Err(e) => Sink::Refuse(Refusal::UpstreamLost(e)),
             },
-            Action::Quarantine => {
+            Disposition::Hold => {
                 // Held: the upstream must never see this message's final dot.
                 cx.upstream.abandon_data();
-                match &cx.shared.quarantine {
-                    Some(q) => {
-                        let q = q.clone();
-                        match tokio::task::spawn_blocking(move || q.begin()).await {
-                            Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
-                            failed => {
-                                tracing::error!(session = %cx.session, error = %task_error(failed.map(|r| r.err())), "cannot start a held message; client told 451");
-                                Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
-                            }
-                        }
+                let Some(q) = cx.shared.quarantine.clone() else {
+                    return;
+                };
+                match tokio::task::spawn_blocking(move || q.begin()).await {
+                    Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
+                    failed => {
+                        tracing::error!(session = %cx.session, error = %task_error(failed.map(|r| r.err())), "cannot start a held message; client told 451");
+                        Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR))
                     }
-                    None => Sink::Refuse(Refusal::Local(reply::LOCAL_ERROR)),
                 }
             }
-            Action::Reject | Action::Tempfail => {
+            Disposition::Refuse(text) => {
                 cx.upstream.abandon_data();
-                Sink::Refuse(Refusal::Policy)
+                Sink::Refuse(Refusal::Reply(text))
             }
         };
     }
@@ -239,9 +254,9 @@ impl DataPhase {
                 cx.upstream.reset().await;
                 self.commit_hold(cx, writer).await
             }
-            Sink::Refuse(Refusal::Policy) => {
+            Sink::Refuse(Refusal::Reply(text)) => {
                 cx.upstream.reset().await;
-                policy_reply(&self.verdict)
+                text
             }
             Sink::Refuse(Refusal::Upstream(r)) => {
                 cx.upstream.reset().await;
@@ -280,24 +295,17 @@ impl DataPhase {
         };
         match committed {
             Ok(Ok(id)) => {
-                metrics::counter!(crate::admin::metric::HELD).increment(1);
-                if let Some(notifier) = &cx.shared.notifier {
-                    notifier.message_held(&envelope, &hold, crate::now_ms());
-                }
-                tracing::warn!(session = %cx.session, id = %id, thread = %hold.thread, list = hold.list.as_deref().unwrap_or(""), breaker = hold.breaker, reason = %hold.reason, "message held in quarantine");
-                format!("250 2.0.0 {id} held: reply-all storm protection, thread under review\r\n")
+                let notifier = cx.shared.notifier.as_deref();
+                crate::frontend::held(&envelope, &hold, &id.0, notifier);
+                let text = crate::frontend::held_reply(&id.0);
+                self.held_id = Some(id.0);
+                text
             }
             failed => {
                 tracing::error!(session = %cx.session, error = %task_error(failed.map(|r| r.err())), "cannot commit a held message; client told 451");
                 reply::LOCAL_ERROR.to_string()
             }
         }
-    }
-
-    /// The client went away, was too slow, or the service stops, before the end of data:
-    /// nothing of this message may be delivered.
-    pub fn abandon(&mut self, cx: &mut Context<'_>) {
-        cx.upstream.drop_connection();
     }
 }
 
@@ -320,25 +328,6 @@ fn task_error<E: std::fmt::Display>(failed: Result<Option<E>, tokio::task::JoinE
         Ok(None) => "unknown error".to_string(),
         Err(e) => format!("quarantine task failed: {e}"),
     }
-}
-
-/// The reply for a policy refusal, with the engine's explanation.
-fn policy_reply(v: &Verdict) -> String {
-    let reason = v
-        .hold
-        .as_ref()
-        .map(|h| h.reason.as_str())
-        .unwrap_or("Reply-all storm protection");
-    let code = match v.action {
-        Action::Tempfail => reply::POLICY_TEMPFAIL,
-        _ => reply::POLICY_REJECT,
-    };
-    let reason: String = reason
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(400)
-        .collect();
-    format!("{code} {reason}\r\n")
 }
 
 /// Length of the header block (through its empty line) once it is complete.

@@ -10,18 +10,13 @@
 use crate::config::{Config, ProxyTls};
 use crate::engine::Engine;
 use crate::envelope::{Envelope, Recipient};
-use crate::notify::Notifier;
 use crate::proxy::data::{Context, DataPhase, Fed};
-use crate::proxy::pool::{PoolLimits, UpstreamPool};
 use crate::proxy::tls::ClientStream;
 use crate::proxy::upstream::UpstreamLink;
-use crate::quarantine::Quarantine;
 use crate::reply;
-use crate::smtp::client::{ClientError, ClientIdentity, Target, Timeouts};
+use crate::smtp::client::{ClientError, ClientIdentity, Target};
 use crate::smtp::command::{self, Command, Line};
 use crate::smtp::extensions::Extensions;
-use crate::verdict::{Action, Verdict};
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,82 +27,7 @@ use tokio::sync::watch;
 /// RFC 4954 4: a line of an AUTH exchange may be this long (base64 of a large ticket).
 const MAX_AUTH_LINE: usize = 12288;
 
-/// What every session shares. The configuration, the engine and the upstream target are
-/// swapped whole on SIGHUP; each session keeps the ones it started with, so a reload never
-/// changes the rules under a session in flight.
-pub struct Shared {
-    pub config: ArcSwap<Config>,
-    pub engine: ArcSwap<Engine>,
-    /// Where held messages go (`[quarantine] dir`).
-    pub quarantine: Option<Quarantine>,
-    /// Alerts to admins and notices to held senders.
-    pub notifier: Option<Arc<Notifier>>,
-    /// Idle upstream connections for the next client session.
-    pub pool: UpstreamPool,
-    /// TLS for clients when set (`[proxy] tls_cert` and `tls_key`); SIGHUP swaps it.
-    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
-    /// The upstream MTA: address, our EHLO name, deadlines, TLS.
-    pub target: ArcSwap<Target>,
-}
-
-impl Shared {
-    /// Fails when `[upstream] tls` is set and its CA file or name does not load.
-    pub fn new(
-        config: Arc<Config>,
-        engine: Arc<Engine>,
-        quarantine: Option<Quarantine>,
-        notifier: Option<Arc<Notifier>>,
-    ) -> anyhow::Result<Self> {
-        let pool = UpstreamPool::new(PoolLimits::from_config(&config.upstream));
-        let target = upstream_target(&config).map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
-        Ok(Shared {
-            config: ArcSwap::new(config),
-            engine: ArcSwap::new(engine),
-            quarantine,
-            notifier,
-            pool,
-            tls: arc_swap::ArcSwapOption::empty(),
-            target: ArcSwap::new(Arc::new(target)),
-        })
-    }
-
-    /// Puts a reloaded configuration, and the engine and upstream built from it, in place for
-    /// the sessions that start from now on. Idle upstream connections to the old target are
-    /// closed.
-    pub async fn reload(&self, config: Arc<Config>, engine: Arc<Engine>) -> Result<(), String> {
-        let target = upstream_target(&config)?;
-        let moved = self.target.load().address != target.address;
-        self.config.store(config);
-        self.engine.store(engine);
-        self.target.store(Arc::new(target));
-        if moved {
-            self.pool.close_all().await;
-        }
-        Ok(())
-    }
-}
-
-/// The upstream as `[upstream]` describes it.
-pub fn upstream_target(config: &Config) -> Result<Target, String> {
-    let up = &config.upstream;
-    let tls = match up.tls {
-        crate::config::UpstreamTls::None => None,
-        crate::config::UpstreamTls::Starttls => {
-            let connector = crate::tls::connector(up.tls_ca.as_deref())?;
-            let name = crate::tls::server_name(up.tls_name.as_deref(), &up.address)?;
-            Some(Arc::new(crate::smtp::client::ClientTls { connector, name }))
-        }
-    };
-    Ok(Target {
-        address: up.address.clone(),
-        hostname: config.proxy.hostname.clone(),
-        timeouts: Timeouts {
-            connect: up.connect_timeout,
-            reply: up.reply_timeout,
-        },
-        tls,
-    })
-}
+pub use crate::frontend::{Shared, upstream_target};
 
 /// Signals from the server: `draining` (no new transactions), then `stop` (421 now).
 #[derive(Clone)]
@@ -312,17 +232,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Ends a message being received without delivering anything of it.
     fn abandon_message(&mut self, why: &str) {
-        if let State::Data(phase) = &mut self.state
-            && let Some(tx) = self.tx.as_ref()
-        {
-            let mut cx = Context {
-                shared: &self.shared,
-                engine: &self.engine,
-                upstream: &mut self.upstream,
-                tx,
-                session: &self.id,
-            };
-            phase.abandon(&mut cx);
+        if matches!(self.state, State::Data(_)) && self.tx.is_some() {
+            // Dropping the upstream connection is the abort that cannot deliver.
+            self.upstream.drop_connection();
             tracing::info!(session = %self.id, client = %self.peer, "{why}; upstream transaction abandoned");
         }
         self.tx = None;
@@ -764,13 +676,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Feeds what the client sent to the message being received; at its end, the reply.
     async fn data_step(&mut self) -> Step {
-        let (State::Data(phase), Some(tx)) = (&mut self.state, self.tx.as_ref()) else {
-            self.state = State::Command;
+        let State::Data(mut phase) = std::mem::replace(&mut self.state, State::Command) else {
+            return Step::Next;
+        };
+        let Some(tx) = self.tx.as_ref() else {
             return Step::Next;
         };
         let mut cx = Context {
             shared: &self.shared,
-            engine: &self.engine,
+            decider: &*self.engine,
             upstream: &mut self.upstream,
             tx,
             session: &self.id,
@@ -778,17 +692,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match phase.feed(&mut cx, &self.inbuf).await {
             Fed::More => {
                 self.inbuf.clear();
+                self.state = State::Data(phase);
                 Step::NeedInput
             }
             Fed::End(used) => {
                 // What follows the end of data stays: the client's next commands.
                 self.inbuf.drain(..used);
                 let final_reply = phase.finish(&mut cx).await;
-                let (size, verdict) = (phase.size(), phase.verdict().clone());
-                self.log_transaction(size, verdict, &final_reply);
+                self.log_transaction(&phase, &final_reply);
                 self.reply(final_reply.as_bytes());
                 self.tx = None;
-                self.state = State::Command;
                 self.deadline = Instant::now() + self.config().proxy.command_timeout;
                 Step::Next
             }
@@ -884,34 +797,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// The one log line per message, and its metrics.
-    fn log_transaction(&self, size: usize, verdict: Verdict, final_reply: &str) {
+    /// The one log line per message, and its metrics (the same as the milter's).
+    fn log_transaction(&self, phase: &DataPhase, final_reply: &str) {
         let Some(tx) = self.tx.as_ref() else { return };
-        let decision = if final_reply.starts_with('2') || verdict.action != Action::Deliver {
-            verdict.label()
-        } else {
-            "refused"
+        let verdict = phase.verdict();
+        let reply = final_reply.trim_end().rsplit("\r\n").next().unwrap_or("");
+        let facts = crate::frontend::MessageFacts {
+            mode: "proxy",
+            session: &self.id,
+            client: Some(self.peer),
+            client_name: self.helo.as_deref(),
+            envelope: &tx.envelope,
+            headers: phase.headers(),
+            size: Some(phase.size()),
+            decided_at: phase.decided_at(),
+            reply: Some(reply),
+            queue_id: queue_id(reply),
+            held_id: phase.held_id(),
+            tls: Some(self.client.tls_version()),
+            ms: Some(tx.started.elapsed().as_millis() as u64),
         };
-        metrics::counter!(crate::admin::metric::MESSAGES, "decision" => decision).increment(1);
-        let upstream = final_reply.trim_end().rsplit("\r\n").next().unwrap_or("");
-        let hold = verdict.hold.as_ref();
-        tracing::info!(
-            session = %self.id,
-            client = %self.peer,
-            from = %tx.envelope.mail_from,
-            rcpts = tx.envelope.rcpts.len(),
-            size,
-            reply = %upstream,
-            decision,
-            thread = hold.map(|h| h.thread.as_str()).unwrap_or(""),
-            list = hold.and_then(|h| h.list.as_deref()).unwrap_or(""),
-            breaker = hold.map(|h| h.breaker).unwrap_or(""),
-            tls = self.client.tls_version(),
-            auth = self.auth.as_deref().unwrap_or(""),
-            ms = tx.started.elapsed().as_millis() as u64,
-            "transaction"
-        );
+        crate::frontend::finished(&facts, verdict, !final_reply.starts_with('2'));
     }
+}
+
+/// The upstream's queue id in its reply to the final dot (`250 2.0.0 Ok: queued as X`).
+fn queue_id(reply: &str) -> Option<&str> {
+    reply
+        .split_once("queued as ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .filter(|id| !id.is_empty())
 }
 
 /// Counts an upstream that could not be used, by reason.
@@ -989,6 +904,7 @@ mod tests {
 
     use super::*;
     use crate::demo::sink::RecordingSink;
+    use crate::quarantine::Quarantine;
     use std::time::Duration;
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 

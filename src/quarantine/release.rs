@@ -65,6 +65,11 @@ impl ReleaseReport {
 pub enum ReleaseError {
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    #[error(
+        "[upstream] address is not set: it names the MTA port held mail is released to (with the \
+         milter, a port without it, e.g. 127.0.0.1:10025 with -o smtpd_milters=)"
+    )]
+    NoUpstream,
     #[error("{0} was already released to every recipient; use --force to send it again")]
     AlreadyReleased(String),
     #[error(
@@ -97,6 +102,9 @@ impl Quarantine {
         upstream: &Target,
         opts: &ReleaseOptions,
     ) -> Result<ReleaseReport, ReleaseError> {
+        if upstream.address.is_empty() {
+            return Err(ReleaseError::NoUpstream);
+        }
         let lock = self.lock(id)?;
         let msg = self.get(id)?;
         if msg.state == State::Released && !opts.force {

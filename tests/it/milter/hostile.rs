@@ -63,7 +63,7 @@ fn good_conversation(sb: &Stormbreaker, queue_id: &str) {
         read_response(&mut s),
         Response::OptNeg {
             version: 6,
-            actions: action::QUARANTINE | action::ADD_HEADERS | action::SET_MACRO_LIST,
+            actions: action::ADD_HEADERS | action::SET_MACRO_LIST,
             protocol: WANTED_STEPS,
             macros: macro_lists(),
         }
@@ -112,7 +112,7 @@ fn good_conversation(sb: &Stormbreaker, queue_id: &str) {
     send(&mut s, &[Command::Quit]);
     assert!(closed_by_server(&mut s), "QUIT closes the connection");
     let logged = wait_for(|| {
-        sb.log_lines("message delivered")
+        sb.log_lines("transaction")
             .into_iter()
             .find(|l| l["queue_id"] == queue_id)
     })
@@ -238,7 +238,7 @@ fn many_messages_per_connection_and_abort_over_raw_protocol() {
     send(&mut s, &[Command::Quit]);
     assert!(closed_by_server(&mut s));
     let lines = wait_for(|| {
-        let l = sb.log_lines("message delivered");
+        let l = sb.log_lines("transaction");
         (l.len() >= 16).then_some(l)
     })
     .expect("gave up waiting for 16 log lines");

@@ -8,7 +8,9 @@ use crate::support::{Postfix, Sink, free_port, wait_for};
 use std::collections::HashSet;
 use std::sync::Arc;
 use stormbreaker::envelope::Envelope;
-use stormbreaker::milter::{Decider, Options, serve_with};
+use stormbreaker::frontend::{Decider, Deciding};
+use stormbreaker::milter::{Options, Services, serve_with};
+use stormbreaker::quarantine::{ListFilter, Quarantine, ReleaseOptions};
 use stormbreaker::verdict::{Action, Hold, Verdict};
 
 #[test]
@@ -36,7 +38,7 @@ fn plain_message_passes_and_reaches_the_sink() {
 
     // One log line naming Postfix's queue id, the sender and the recipients.
     let lines = wait_for(|| {
-        let l = sb.log_lines("message delivered");
+        let l = sb.log_lines("transaction");
         (!l.is_empty()).then_some(l)
     })
     .expect("gave up waiting for the log line");
@@ -45,6 +47,9 @@ fn plain_message_passes_and_reaches_the_sink() {
     assert_eq!(lines[0]["from"], "alice@corp.test");
     assert_eq!(lines[0]["rcpts"], 1);
     assert_eq!(lines[0]["client"], "127.0.0.1");
+    assert_eq!(lines[0]["mode"], "milter");
+    assert_eq!(lines[0]["decision"], "deliver");
+    assert_eq!(lines[0]["message_id"], "<plain-one@corp.test>");
 }
 
 #[test]
@@ -81,7 +86,7 @@ fn several_messages_in_one_smtp_session_each_start_fresh() {
     assert!(got.iter().all(|m| m.mentions("X-Stormbreaker: deliver")));
 
     let lines = wait_for(|| {
-        let l = sb.log_lines("message delivered");
+        let l = sb.log_lines("transaction");
         (l.len() >= 4).then_some(l)
     })
     .expect("gave up waiting for 4 log lines");
@@ -101,7 +106,10 @@ fn several_messages_in_one_smtp_session_each_start_fresh() {
         assert_eq!(line["rcpts"], n, "recipients of {from}: {line}");
     }
     // All five transactions used one milter connection (one SMTP session).
-    let conns: HashSet<u64> = lines.iter().map(|l| l["conn"].as_u64().unwrap()).collect();
+    let conns: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["session"].as_str().unwrap())
+        .collect();
     assert_eq!(conns.len(), 1);
 }
 
@@ -154,12 +162,23 @@ fn stopped_stormbreaker_means_postfix_tempfails() {
     assert_eq!(sink.delivered().len(), 1, "nothing more reached the sink");
 }
 
-/// Stands in for the storm engine (which is a stub on this branch): decides by the Subject, so
-/// every verdict can be checked against what a real Postfix does with it.
+/// Stands in for the storm engine: decides by the Subject, so every verdict can be checked
+/// against what a real Postfix does with it.
 struct BySubject;
 
 impl Decider for BySubject {
-    async fn decide(&self, envelope: &Envelope, headers: &[u8], _now_ms: u64) -> Verdict {
+    fn decide<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        headers: &'a [u8],
+        _now_ms: u64,
+    ) -> Deciding<'a> {
+        Box::pin(async move { by_subject(envelope, headers) })
+    }
+}
+
+fn by_subject(envelope: &Envelope, headers: &[u8]) -> Verdict {
+    {
         let headers = String::from_utf8_lossy(headers);
         let subject = headers
             .lines()
@@ -197,12 +216,22 @@ impl Decider for BySubject {
 fn every_verdict_does_what_postfix_promises() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let quarantine = Quarantine::open(&dir.path().join("q")).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let services = {
+        let quarantine = quarantine.clone();
+        move || Services {
+            decider: Arc::new(BySubject),
+            quarantine: Some(quarantine.clone()),
+            notifier: None,
+            trace_header: true,
+        }
+    };
     let server = runtime.spawn(serve_with(
-        Arc::new(BySubject),
+        services,
         format!("127.0.0.1:{port}"),
         Options {
-            trace_header: true,
             shutdown_grace: std::time::Duration::from_secs(5),
         },
         shutdown,
@@ -220,7 +249,7 @@ fn every_verdict_does_what_postfix_promises() {
         postfix.port,
         &[
             mail("a@corp.test", &["all@corp.test"], "plain start"),
-            mail("b@corp.test", &["all@corp.test"], "hold me"),
+            mail("b@corp.test", &["all@corp.test", "x@corp.test"], "hold me"),
             mail("c@corp.test", &["all@corp.test"], "reject me"),
             mail("d@corp.test", &["all@corp.test"], "tempfail me"),
             mail("e@corp.test", &["all@corp.test"], "dry run"),
@@ -243,30 +272,54 @@ fn every_verdict_does_what_postfix_promises() {
         "{out:?}"
     );
 
-    // The held message sits in Postfix's hold queue; the other three go on.
-    let held_id = queued_as(&out[1].text);
-    let held = wait_for(|| {
-        let h = postfix.held();
-        (!h.is_empty()).then_some(h)
-    })
-    .expect("gave up waiting for the hold queue");
-    assert_eq!(held, vec![held_id.clone()]);
+    // The held message is in our quarantine, whole, with its envelope; Postfix discarded its
+    // own copy (its client heard 250 once ours was on disk). The other three go on.
+    let held = quarantine.list(&ListFilter::default()).unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let copy = quarantine.get(&held[0].id).unwrap();
+    let content = String::from_utf8_lossy(&copy.content);
+    assert!(content.contains("Subject: hold me\r\n"), "{content}");
+    assert!(
+        content.ends_with("\r\n\r\nHello.\r\n"),
+        "the body is kept: {content}"
+    );
+    let rcpts: Vec<&str> = copy
+        .meta
+        .envelope
+        .rcpts
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(rcpts, ["all@corp.test", "x@corp.test"]);
     let got = sink.wait_delivered(3);
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|m| !m.mentions("hold me")));
     let dry = got.iter().find(|m| m.mentions("Subject: dry run")).unwrap();
     assert!(dry.mentions("X-Stormbreaker: would-hold"));
+    assert!(postfix.held().is_empty(), "nothing in Postfix's hold queue");
+    assert!(
+        wait_for(|| postfix.maillog().contains("milter-discard").then_some(())).is_some(),
+        "{}",
+        postfix.maillog()
+    );
 
-    // Released with postsuper -H (the id the log names), it is delivered, marked quarantine.
-    postfix.release(&held_id);
+    // Released (here straight to the sink: a port without the milter), it reaches everyone.
+    let target = stormbreaker::smtp::client::Target {
+        address: sink.address(),
+        hostname: "sb.test".into(),
+        timeouts: stormbreaker::smtp::client::Timeouts {
+            connect: std::time::Duration::from_secs(5),
+            reply: std::time::Duration::from_secs(30),
+        },
+        tls: None,
+    };
+    let report = runtime
+        .block_on(quarantine.release(&held[0].id, &target, &ReleaseOptions::default()))
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
     let got = sink.wait_delivered(4);
     let released = got.iter().find(|m| m.mentions("Subject: hold me")).unwrap();
-    assert!(
-        released.mentions("X-Stormbreaker: quarantine"),
-        "{}",
-        released.text()
-    );
-    assert!(postfix.held().is_empty());
+    assert_eq!(released.addresses(), ["all@corp.test", "x@corp.test"]);
 
     stop.send(true).unwrap();
     drop(postfix);

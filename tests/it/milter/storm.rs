@@ -1,22 +1,28 @@
-//! An Atos-shaped reply-all storm through a real Postfix with stormbreaker as its milter: one
-//! announcement to a 5,000-person list, then reply-alls from different people. The first
-//! `trip_replies` replies reach the sink behind Postfix; the rest wait in Postfix's hold queue,
-//! under the queue ids stormbreaker logs, until `postsuper -H` releases them.
+//! An Atos-shaped reply-all storm through a real Postfix with stormbreaker as its milter on a
+//! unix socket: one announcement to a 5,000-person list, then reply-alls from different people.
+//! The first `trip_replies` replies reach the sink behind Postfix; the rest are in stormbreaker's
+//! own quarantine (Postfix discarded its copies), listed like proxy holds, with one alert to the
+//! admins and the counts in /metrics, until `quarantine release --thread` sends them on.
 
 use crate::support::clients::{Mail, queued_as, smtplib};
 use crate::support::postfix::milter_main_cf;
-use crate::support::stormbreaker::Stormbreaker;
-use crate::support::{Postfix, Sink, wait_for};
+use crate::support::stormbreaker::{Stormbreaker, assert_held_entry_fields};
+use crate::support::{Postfix, Sink, free_port, http, wait_for};
 use std::collections::HashSet;
 
 const TRIP_REPLIES: usize = 3;
 const REPLIES: usize = 8;
 
-fn policy() -> String {
+/// The policy, with alerts and releases going to `upstream` (in production a Postfix port
+/// without the milter; here the sink) and the admin API on `admin`.
+fn policy(upstream: &str, admin: u16) -> String {
     format!(
         "[policy]\nwide_audience = 100\ntrip_replies = {TRIP_REPLIES}\nwindow = \"1h\"\n\
-         action = \"quarantine\"\n\n\
-         [[lists]]\naddress = \"all@corp.test\"\nmembers = 5000\n"
+         action = \"quarantine\"\nfast_audience = 0\n\n\
+         [[lists]]\naddress = \"all@corp.test\"\nmembers = 5000\n\n\
+         [upstream]\naddress = \"{upstream}\"\n\n\
+         [notify]\nadmins = [\"admin@corp.test\"]\nfrom = \"stormbreaker@corp.test\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n"
     )
 }
 
@@ -49,9 +55,11 @@ fn reply_all(i: usize) -> Mail {
 }
 
 #[test]
-fn reply_all_storm_is_held_in_postfix_hold_queue() {
+fn reply_all_storm_through_the_milter_is_held_alerted_counted_and_released() {
     let sink = Sink::start();
-    let sb = Stormbreaker::milter_without_trace_header(&policy());
+    let admin = free_port();
+    // As in production: no trace header, so mail that cannot be held is accepted at DATA.
+    let sb = Stormbreaker::start_milter(true, false, &policy(&sink.address(), admin));
     let postfix = Postfix::start(sink.port(), &milter_main_cf(&sb.milter_address()));
 
     let out = smtplib(postfix.port, &[original()]);
@@ -64,36 +72,105 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
         assert_eq!(out[0].code, 250, "reply {i}: {out:?}");
         reply_ids.push(queued_as(&out[0].text));
     }
+    let held_n = REPLIES - TRIP_REPLIES;
 
-    // The original and the first TRIP_REPLIES replies reach the sink.
-    sink.wait_delivered(1 + TRIP_REPLIES);
-    let held_expected: HashSet<String> = reply_ids[TRIP_REPLIES..].iter().cloned().collect();
-    let held = wait_for(|| {
-        let h: HashSet<String> = postfix.held().into_iter().collect();
-        (h.len() >= held_expected.len()).then_some(h)
+    // The original and the first TRIP_REPLIES replies reach the sink; one alert goes to the
+    // admins (straight to [upstream]); the rest are in our quarantine, and Postfix keeps none.
+    let reached = |m: &crate::support::sink::Delivered| {
+        !m.addresses().contains(&"admin@corp.test".to_string())
+    };
+    wait_for(|| {
+        (sink.delivered().iter().filter(|m| reached(m)).count() > TRIP_REPLIES).then_some(())
     })
-    .expect("gave up waiting for the held replies in the hold queue");
-    assert_eq!(held, held_expected, "replies after the trip are held");
-    // Everything not held has left Postfix's queue, and nothing more arrived at the sink.
-    wait_for(|| (postfix.queue().len() == held_expected.len()).then_some(()))
-        .expect("gave up waiting for the queue to hold only the held replies");
-    assert_eq!(sink.delivered().len(), 1 + TRIP_REPLIES);
-    for i in 1..=TRIP_REPLIES {
-        assert!(
-            sink.delivered()
-                .iter()
-                .any(|m| m.mentions(&format!("<reply-{i}@corp.test>"))),
-            "reply {i} delivered"
-        );
+    .expect("the first replies at the sink");
+    let held = wait_for(|| {
+        let l = sb.quarantine_list();
+        (l.len() >= held_n).then_some(l)
+    })
+    .expect("gave up waiting for the held replies in the quarantine");
+    assert_eq!(held.len(), held_n);
+    for entry in &held {
+        // The same fields as a proxy hold.
+        assert_held_entry_fields(entry);
     }
-
-    // The log names each held message by Postfix queue id, so the admin knows what to release.
-    let logged: HashSet<String> = sb
-        .log_lines("hold queue")
+    let held_ids: HashSet<String> = held
         .iter()
-        .filter_map(|l| l["queue_id"].as_str().map(str::to_string))
+        .map(|e| e["message_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(logged, held_expected);
+    let expected: HashSet<String> = (TRIP_REPLIES + 1..=REPLIES)
+        .map(|i| format!("reply-{i}@corp.test"))
+        .collect();
+    assert_eq!(held_ids, expected, "the replies after the trip are held");
+    assert!(postfix.held().is_empty(), "nothing in Postfix's hold queue");
+    wait_for(|| postfix.queue().is_empty().then_some(()))
+        .expect("Postfix's queue empties: held copies were discarded");
+    let alerts = wait_for(|| {
+        let a: Vec<_> = sink
+            .delivered()
+            .into_iter()
+            .filter(|m| m.addresses() == ["admin@corp.test"])
+            .collect();
+        (!a.is_empty()).then_some(a)
+    })
+    .expect("gave up waiting for the alert");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts_now: Vec<String> = sink
+        .delivered()
+        .into_iter()
+        .filter(|m| m.addresses() == ["admin@corp.test"])
+        .map(|m| {
+            m.text()
+                .lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(alerts_now.len(), 1, "one alert per storm: {alerts_now:?}");
+    assert!(
+        alerts[0].mentions("release --thread"),
+        "{}",
+        alerts[0].text()
+    );
+
+    // /metrics counts the milter's decisions like the proxy's.
+    let metrics = http::get(admin, "/metrics", &[]).body;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        value("stormbreaker_quarantine_held_total"),
+        held_n as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("stormbreaker_breakers_opened_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("stormbreaker_messages_total{decision=\"quarantine\"}"),
+        held_n as f64,
+        "{metrics}"
+    );
+
+    // The log line per message names Postfix's queue id and our quarantine id.
+    let lines = sb.log_lines("transaction");
+    let held_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l["decision"] == "quarantine")
+        .collect();
+    assert_eq!(held_lines.len(), held_n);
+    for l in &held_lines {
+        assert!(reply_ids.iter().any(|q| l["queue_id"] == q.as_str()), "{l}");
+        assert!(l["held_id"].as_str().is_some(), "{l}");
+        assert_eq!(l["mode"], "milter");
+    }
 
     // During the storm, a reply to one person in the same thread is narrow: accepted at DATA
     // (Postfix then sends us nothing of its content) and delivered.
@@ -109,37 +186,31 @@ fn reply_all_storm_is_held_in_postfix_hold_queue() {
     let out = smtplib(postfix.port, &[private]);
     assert_eq!(out[0].code, 250, "{out:?}");
     let private_id = queued_as(&out[0].text);
-    let got = wait_for(|| {
-        let m = sink.delivered();
-        m.iter()
-            .any(|x| x.mentions("<private-1@corp.test>"))
-            .then_some(m)
-    })
-    .expect("gave up waiting for the private reply at the sink");
-    assert_eq!(got.len(), 2 + TRIP_REPLIES);
+    wait_for(|| sink.mentioning("<private-1@corp.test>").first().cloned())
+        .expect("gave up waiting for the private reply at the sink");
     let line = wait_for(|| {
-        sb.log_lines("delivered")
+        sb.log_lines("transaction")
             .into_iter()
             .find(|l| l["queue_id"] == private_id.as_str())
     })
     .expect("gave up waiting for the private reply's log line");
     assert_eq!(line["decided_at"], "data", "{line}");
-    let storm_line = sb
-        .log_lines("delivered")
-        .into_iter()
-        .find(|l| l["queue_id"] == reply_ids[0].as_str())
-        .expect("the first reply's log line");
-    assert_eq!(storm_line["decided_at"], "end-of-message", "{storm_line}");
 
-    // Releasing one sends it on.
-    let first_held = reply_ids[TRIP_REPLIES].clone();
-    postfix.release(&first_held);
-    let released = format!("<reply-{}@corp.test>", TRIP_REPLIES + 1);
-    let got = wait_for(|| {
-        let m = sink.delivered();
-        m.iter().any(|x| x.mentions(&released)).then_some(m)
-    })
-    .expect("gave up waiting for the released reply at the sink");
-    let texts: Vec<_> = got.iter().map(|m| m.text()).collect();
-    assert_eq!(got.len(), 3 + TRIP_REPLIES, "{texts:#?}");
+    // release --thread sends every held reply on, with its envelope.
+    let thread = held[0]["thread"].as_str().unwrap().to_string();
+    let out = sb.admin(&["quarantine", "release", "--thread", &thread]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in TRIP_REPLIES + 1..=REPLIES {
+        let id = format!("<reply-{i}@corp.test>");
+        let got = wait_for(|| sink.mentioning(&id).first().cloned())
+            .unwrap_or_else(|| panic!("released {id} at the sink"));
+        let mut to = got.addresses();
+        to.sort();
+        assert_eq!(to, ["all@corp.test", "ceo@corp.test"]);
+    }
+    assert!(sb.quarantine_list().is_empty());
 }

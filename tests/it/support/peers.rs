@@ -221,11 +221,6 @@ impl Sendmail {
     pub fn held(&self) -> String {
         self.0.ask("held", &[])
     }
-
-    /// Releases a held message and delivers it now; panics when it stays queued.
-    pub fn release(&self, id: &str) -> String {
-        self.0.ask("release", &[id])
-    }
 }
 
 /// A private Postfix 3.7 that offers STARTTLS (a certificate from its own test CA) and, inside

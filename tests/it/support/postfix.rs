@@ -111,19 +111,6 @@ impl Postfix {
             .filter_map(|m| m["queue_id"].as_str().map(str::to_string))
             .collect()
     }
-
-    /// `postsuper -H ID`: release a held message (to the deferred queue), then `postqueue -f`
-    /// so it goes out now rather than at the next queue run.
-    pub fn release(&self, queue_id: &str) {
-        run(Command::new("/usr/sbin/postsuper")
-            .arg("-c")
-            .arg(self.conf())
-            .args(["-H", queue_id]));
-        run(Command::new("/usr/sbin/postqueue")
-            .arg("-c")
-            .arg(self.conf())
-            .arg("-f"));
-    }
 }
 
 impl Drop for Postfix {

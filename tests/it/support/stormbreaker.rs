@@ -104,18 +104,13 @@ impl Stormbreaker {
         Self::start_milter(false, true, extra)
     }
 
-    /// With the default `trace_header = false`: messages that cannot be held are accepted at
-    /// DATA, as in production.
-    pub fn milter_without_trace_header(extra: &str) -> Stormbreaker {
-        Self::start_milter(false, false, extra)
-    }
-
     /// Listening on a unix socket in its own folder instead of TCP.
     pub fn milter_on_unix_socket(extra: &str) -> Stormbreaker {
         Self::start_milter(true, true, extra)
     }
 
-    fn start_milter(unix: bool, trace_header: bool, extra: &str) -> Stormbreaker {
+    /// The milter on a unix socket (or TCP) with or without the trace header.
+    pub fn start_milter(unix: bool, trace_header: bool, extra: &str) -> Stormbreaker {
         let dir = scratch_dir("sb-milter.");
         let port = free_port();
         let socket = unix.then(|| dir.path().join("milter.sock"));
