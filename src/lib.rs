@@ -5,6 +5,7 @@
 //! - `proxy/`: the SMTP proxy: listener, session loop, DATA phase, upstream link.
 //! - `milter/`: the milter codec and session, for Postfix's `smtpd_milters`.
 //! - `fingerprint/`: thread and audience keys of a message (pure functions).
+//! - `lists/`: distribution list sizes: declared, Postfix's virtual aliases, LDAP groups.
 //! - `breaker/`: sliding windows and circuit breakers (pure, time passed in).
 //! - `store/`: where breaker state lives (in process, or Redis).
 //! - `engine`: the decision point: envelope + headers + now -> `verdict::Verdict`.
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod engine;
 pub mod envelope;
 pub mod fingerprint;
+pub mod lists;
 pub mod logging;
 pub mod milter;
 pub mod notify;

@@ -24,6 +24,17 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Before anything counts: every metric is then present (at 0) from the first scrape.
     let metrics = crate::admin::metrics_handle(&config);
     let engine = Arc::new(Engine::from_config(&config).await?);
+    // The list sources' first read, before any mail is decided; one that fails is logged and
+    // its lists stay unknown until it answers (mail must flow).
+    if !config.list_sources.is_empty() {
+        let failed = engine.lists().refresh_all().await;
+        tracing::info!(
+            sources = config.list_sources.len(),
+            failed,
+            lists = engine.lists().table().len(),
+            "list sources read"
+        );
+    }
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
     let target = crate::proxy::session::upstream_target(&config)
@@ -31,6 +42,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::new(&config, config_path, target));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tokio::spawn(engine.lists().clone().run(stop_rx.clone()));
     tokio::spawn(crate::quarantine::expiry::run(
         quarantine.clone(),
         config.quarantine.retention,
