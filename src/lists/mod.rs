@@ -298,3 +298,100 @@ fn declared_rule(list: &crate::config::ListConfig) -> ListRule {
         me_too_messages: list.me_too_messages,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+    use std::path::Path;
+
+    /// An alias file in Postfix's source format: `team@x` of `n` people, `all@x` of the team and
+    /// the `declared@x` alias.
+    fn alias_file(dir: &Path, n: usize) -> PathBuf {
+        let mut text =
+            String::from("all@corp.test team@corp.test, declared@corp.test\nteam@corp.test");
+        for i in 0..n {
+            write!(text, " p{i}@corp.test").unwrap();
+        }
+        text.push_str("\ndeclared@corp.test q1@corp.test q2@corp.test\n");
+        let path = dir.join("virtual");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            "[milter]\nlisten = \"127.0.0.1:8891\"\n\
+             [policy]\nlists_file = \"{dir}/lists.txt\"\n\
+             [[lists]]\naddress = \"declared@corp.test\"\nmembers = 91053\ntrip_replies = 3\n\
+             [[list_sources]]\nkind = \"postfix\"\nmaps = [\"{dir}/virtual\"]\nmin_members = 50\n{extra}",
+            dir = dir.display()
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn declared_lists_win_then_the_lists_file_then_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        alias_file(dir.path(), 60);
+        std::fs::write(
+            dir.path().join("lists.txt"),
+            "team@corp.test 7\nfile@corp.test 9\n",
+        )
+        .unwrap();
+        let lists = Lists::from_config(&config(dir.path(), "")).unwrap();
+        assert!(
+            lists.table().get("all@corp.test").is_none(),
+            "sources are read by refresh_all"
+        );
+        assert_eq!(lists.refresh_all().await, 0);
+        let t = lists.table();
+        let declared = t.get("declared@corp.test").unwrap();
+        assert_eq!((declared.members, declared.trip_replies), (91053, Some(3)));
+        assert_eq!(t.get("team@corp.test").unwrap().members, 7);
+        assert_eq!(t.get("file@corp.test").unwrap().members, 9);
+        // 60 people, and the declared alias's own 2 (the MTA's expansion, not the size
+        // declared for its breaker).
+        assert_eq!(t.get("ALL@corp.test").unwrap().members, 62);
+        assert_eq!(lists.source_names(), ["postfix-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_keeps_its_last_lists_and_a_refresh_swaps_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = alias_file(dir.path(), 60);
+        std::fs::write(dir.path().join("lists.txt"), "").unwrap();
+        let lists = Lists::from_config(&config(dir.path(), "")).unwrap();
+        assert_eq!(lists.refresh_all().await, 0);
+        let before = lists.table();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(lists.refresh_all().await, 1);
+        assert_eq!(lists.table().get("all@corp.test").unwrap().members, 62);
+        alias_file(dir.path(), 80);
+        assert_eq!(lists.refresh_all().await, 0);
+        assert_eq!(lists.table().get("all@corp.test").unwrap().members, 82);
+        // A snapshot taken before stays whole while the table is swapped under it.
+        assert_eq!(before.get("all@corp.test").unwrap().members, 62);
+    }
+
+    #[tokio::test]
+    async fn a_source_failing_at_start_is_not_fatal_and_a_bad_lists_file_on_reload_keeps_the_last()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lists.txt"), "file@corp.test 9\n").unwrap();
+        let lists = Lists::from_config(&config(dir.path(), "")).unwrap();
+        assert_eq!(lists.refresh_all().await, 1, "no alias file yet");
+        assert_eq!(lists.table().get("file@corp.test").unwrap().members, 9);
+        std::fs::write(dir.path().join("lists.txt"), "file@corp.test nine\n").unwrap();
+        lists.refresh_all().await;
+        assert_eq!(lists.table().get("file@corp.test").unwrap().members, 9);
+    }
+
+    #[test]
+    fn a_bad_lists_file_at_start_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lists.txt"), "ok@corp.test 5\nbad\n").unwrap();
+        let err = Lists::from_config(&config(dir.path(), "")).err().unwrap();
+        assert!(err.to_string().contains("lists.txt:2:"), "{err}");
+    }
+}
