@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod corpus;
 mod interop;
+mod lists;
 mod logs;
 mod metrics;
 mod milter;
