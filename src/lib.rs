@@ -11,6 +11,7 @@
 //! - `engine`: the decision point: envelope + headers + now -> `verdict::Verdict`.
 //! - `quarantine/`: durable hold, list, release, delete, purge.
 //! - `config`: the TOML policy file.
+//! - `replay`: the policy over past mail (mbox, Maildir): what would have tripped.
 
 pub mod admin;
 pub mod breaker;
@@ -25,6 +26,7 @@ pub mod milter;
 pub mod notify;
 pub mod proxy;
 pub mod quarantine;
+pub mod replay;
 pub mod reply;
 pub mod service;
 pub mod smtp;
