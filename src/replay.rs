@@ -9,9 +9,10 @@
 //!   mailbox's own date (the mbox `From ` line, the Maildir file time); messages with none are
 //!   passed over and counted as undated;
 //! - sender: `Return-Path:` (the envelope sender the delivering server recorded), else `From:`;
-//! - recipients: `To:` and `Cc:` (and `Bcc:` when kept), plus `X-Original-To:` and
-//!   `Delivered-To:` (the envelope recipient before and after the MTA expanded it: for mail
-//!   that came through a list, the list's own address is often only there);
+//! - recipients: `To:` and `Cc:` (and `Bcc:` when kept), plus `X-Original-To:` (Postfix's
+//!   record of the envelope recipient before alias expansion: for mail sent to a list as Bcc,
+//!   the list's address is only there). `Delivered-To:` is not used: it names the mailbox the
+//!   copy landed in, one of the audience already, and would count that person twice;
 //! - one message once: copies with the same `Message-ID` (one per mailbox in a journal or a
 //!   merged export) are decided once, as the MTA would have seen one transaction.
 
@@ -296,13 +297,8 @@ fn read(mailbox: &Mailbox, counts: &mut Counts) -> anyhow::Result<Vec<Past>> {
         {
             rcpts.extend(addresses(field));
         }
-        for name in [
-            HeaderName::Other("X-Original-To".into()),
-            HeaderName::DeliveredTo,
-        ] {
-            for value in message.header_values(name) {
-                rcpts.extend(value_addresses(value));
-            }
+        for value in message.header_values(HeaderName::Other("X-Original-To".into())) {
+            rcpts.extend(value_addresses(value));
         }
         let return_path = value_addresses(message.return_path()).into_iter().next();
         let from = message.from().and_then(|a| addresses(a).into_iter().next());

@@ -18,5 +18,6 @@ mod proxy_tls;
 mod quarantine;
 mod redis;
 mod reload;
+mod replay;
 mod storm;
 mod upstream_reuse;
