@@ -230,8 +230,9 @@ fn a_maildir_of_copies_with_the_list_only_in_x_original_to_trips_once_per_messag
         "{report:#}"
     );
     assert_eq!(report["held"], 20);
-    // The list's members, from X-Original-To; Delivered-To (a member) is not counted again.
-    assert_eq!(report["storms"][0]["audience"], MEMBERS);
+    // The list's members (from X-Original-To) and the one person in To:; Delivered-To names
+    // that same person and is not counted again.
+    assert_eq!(report["storms"][0]["audience"], MEMBERS + 1);
     // The envelope sender is the Return-Path.
     assert_eq!(report["decisions"][12]["from"], "user12@corp.test");
 }
