@@ -307,3 +307,32 @@ fn a_source_that_does_not_answer_at_start_leaves_mail_flowing() {
     sink.wait_delivered(1);
     assert_eq!(sink.mentioning(&tag).len(), 1);
 }
+
+#[test]
+fn the_example_policy_s_list_sources_parse_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/stormbreaker.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let begin = text.find("# --- list sources").expect("the list sources block");
+    let end = text.find("# --- end of list sources ---").unwrap();
+    let uncommented: String = text[begin..end]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with("[[")
+                || l.split_once(" = ").is_some_and(|(key, _)| {
+                    key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = Config::parse(&format!("{text}\n{uncommented}"), &path)
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let names: Vec<String> = config
+        .list_sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.label(i))
+        .collect();
+    assert_eq!(names, ["postfix", "aliases-copy", "directory"]);
+}
