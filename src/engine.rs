@@ -66,6 +66,11 @@ impl Engine {
     pub fn with_store(config: &Config, store: Arc<dyn StateStore>) -> anyhow::Result<Engine> {
         // [[lists]] and lists_file now; list sources are read by `Lists::refresh_all`.
         let lists = Arc::new(Lists::from_config(config)?);
+        Ok(Engine::with_lists(config, store, lists))
+    }
+
+    /// An engine on the given state store and list table.
+    fn with_lists(config: &Config, store: Arc<dyn StateStore>, lists: Arc<Lists>) -> Engine {
         let exempt_senders = config
             .policy
             .exempt_senders
@@ -82,7 +87,7 @@ impl Engine {
             trip_replies = config.policy.trip_replies,
             "storm engine ready"
         );
-        Ok(Engine {
+        Engine {
             policy: config.policy.clone(),
             lists,
             exempt_senders,
@@ -90,13 +95,19 @@ impl Engine {
             on_unavailable: config.state.on_unavailable,
             fallback: OnceLock::new(),
             decision_seconds: metrics::histogram!(crate::admin::metric::DECISION_SECONDS),
-        })
+        }
     }
 
     /// An engine with `config`'s policy, lists and exemptions on this engine's state store:
-    /// what a reload puts in place (counts and open breakers are kept).
+    /// what a reload puts in place (counts and open breakers are kept). The list table is
+    /// shared, not copied: once the reload is in place, `lists().reconfigure(config)` gives it
+    /// the new `[[lists]]`, `lists_file` and sources (what unchanged sources read is kept).
     pub fn rebuilt(&self, config: &Config) -> anyhow::Result<Engine> {
-        Engine::with_store(config, self.store.clone())
+        Ok(Engine::with_lists(
+            config,
+            self.store.clone(),
+            self.lists.clone(),
+        ))
     }
 
     /// The list table and its sources: `refresh_all` at start, `run` for the schedule,

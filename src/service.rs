@@ -173,6 +173,11 @@ async fn reload(
         return;
     }
     shared.tls.store(tls);
+    // The list table is shared by every engine (the milter's too): the new lists and sources
+    // go in now, and everything is read again in the background.
+    let lists = shared.engine.load().lists().clone();
+    lists.reconfigure(&config);
+    lists.reload();
     if let Ok(target) = crate::proxy::session::upstream_target(&config) {
         notifier.reload(&config, target);
     }

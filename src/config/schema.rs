@@ -398,7 +398,7 @@ pub enum LdapNested {
 
 /// One `[[list_sources]]` entry. One flat table for both kinds so every key keeps its line in
 /// error messages; `validate` refuses keys of the other kind.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListSourceConfig {
     pub kind: ListSourceKind,

@@ -1,10 +1,14 @@
 //! Distribution lists the engine knows, and where their sizes come from. Precedence:
 //! `[[lists]]` in the policy file (with its overrides), then `policy.lists_file`, then each
 //! `[[list_sources]]` in the order written (Postfix's virtual aliases, LDAP groups). Sources are
-//! read at start, every `refresh`, and on `reload` (SIGHUP); the engine reads one table
-//! snapshot per decision, swapped whole, so a refresh needs no restart and never blocks mail.
-//! A source that fails keeps its last good lists (logged once until it recovers); one that
-//! fails at start leaves its lists unknown until it answers: mail flows meanwhile.
+//! read at start, every `refresh`, and on reload (SIGHUP); the engine reads one table snapshot
+//! per decision, swapped whole, so a refresh needs no restart and never blocks mail. A source
+//! that fails keeps its last good lists (logged once until it recovers); one that fails at
+//! start leaves its lists unknown until it answers: mail flows meanwhile.
+//!
+//! One `Lists` lives as long as the process: engines rebuilt by a reload share it, and
+//! `reconfigure` puts the reloaded policy's lists and sources in place, keeping what unchanged
+//! sources last gave.
 
 pub mod expand;
 pub mod ldap;
@@ -16,8 +20,8 @@ use crate::fingerprint::{ListRule, ListTable};
 use anyhow::Context;
 use arc_swap::{ArcSwap, Guard};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::time::Instant;
 
 /// The metrics label of `[[lists]]` and of `policy.lists_file`.
 pub const DECLARED: &str = "declared";
@@ -28,65 +32,68 @@ enum Reader {
     Ldap(ldap::LdapSource),
 }
 
+/// One configured source; replaced whole when a reload changes its settings.
 struct Source {
     name: String,
-    refresh: Duration,
+    config: ListSourceConfig,
     reader: Reader,
 }
 
-/// What each part last gave, kept to rebuild the table when one part changes.
-#[derive(Default)]
-struct Parts {
-    file: Vec<ListRule>,
-    /// Per source (same order as `sources`): its last good lists, None before the first.
-    sources: Vec<Option<Vec<ListRule>>>,
-    /// Per source: failing now (so the failure is logged once), and what it passed over.
-    failing: Vec<bool>,
-    skipped: Vec<Vec<String>>,
+/// A source and what it last gave.
+struct SourceState {
+    source: Arc<Source>,
+    /// The last good lists; None before the first good read.
+    lists: Option<Vec<ListRule>>,
+    /// Failing now, so that a failure is logged once until the source answers.
+    failing: bool,
+    /// Maps passed over at the last read, logged when they change.
+    skipped: Vec<String>,
+    /// When the schedule reads it next.
+    due: Instant,
 }
 
-/// The list table and its sources. Shared (`Arc`) by the engine and the refresh task.
-pub struct Lists {
-    table: ArcSwap<ListTable>,
+struct State {
     declared: Vec<ListRule>,
     lists_file: Option<PathBuf>,
-    sources: Vec<Source>,
-    parts: Mutex<Parts>,
-    /// One refresh at a time: a SIGHUP during a scheduled read waits for it.
+    file: Vec<ListRule>,
+    sources: Vec<SourceState>,
+}
+
+/// The list table and its sources. Shared (`Arc`) by the engines and the refresh task.
+pub struct Lists {
+    table: ArcSwap<ListTable>,
+    state: Mutex<State>,
+    /// One refresh at a time: a reload during a scheduled read waits for it.
     refreshing: tokio::sync::Mutex<()>,
+    /// Wakes the schedule when the sources change.
+    reconfigured: tokio::sync::Notify,
 }
 
 impl Lists {
     /// `[[lists]]` and `policy.lists_file` (a file that does not load is an error naming its
-    /// line, as before), sources configured but not read yet: call `refresh_all`.
+    /// line), sources configured but not read yet: call `refresh_all`.
     pub fn from_config(config: &Config) -> anyhow::Result<Lists> {
-        let declared: Vec<ListRule> = config.lists.iter().map(declared_rule).collect();
         let file = match &config.policy.lists_file {
             Some(path) => read_lists_file(path)?,
             None => Vec::new(),
         };
-        let sources: Vec<Source> = config
-            .list_sources
-            .iter()
-            .enumerate()
-            .map(|(i, c)| source(c, i))
-            .collect();
-        let n = sources.len();
         let lists = Lists {
             table: ArcSwap::from_pointee(ListTable::default()),
-            declared,
-            lists_file: config.policy.lists_file.clone(),
-            sources,
-            parts: Mutex::new(Parts {
+            state: Mutex::new(State {
+                declared: config.lists.iter().map(declared_rule).collect(),
+                lists_file: config.policy.lists_file.clone(),
                 file,
-                sources: vec![None; n],
-                failing: vec![false; n],
-                skipped: vec![Vec::new(); n],
+                sources: sources(config, Vec::new()),
             }),
             refreshing: tokio::sync::Mutex::new(()),
+            reconfigured: tokio::sync::Notify::new(),
         };
-        lists.rebuild();
+        lists.rebuild(&lists.state());
         Ok(lists)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The table now: hold it for one decision (list indexes are only valid within it).
@@ -95,18 +102,43 @@ impl Lists {
     }
 
     /// Source names, in precedence order.
-    pub fn source_names(&self) -> Vec<&str> {
-        self.sources.iter().map(|s| s.name.as_str()).collect()
+    pub fn source_names(&self) -> Vec<String> {
+        self.state()
+            .sources
+            .iter()
+            .map(|s| s.source.name.clone())
+            .collect()
     }
 
-    /// Reads the lists file and every source again, now (SIGHUP; and once at start). Returns
-    /// how many sources failed.
+    /// A reloaded policy: its `[[lists]]`, `lists_file` and sources replace the running ones.
+    /// Sources whose settings did not change keep their lists until they are read again; new
+    /// ones are unknown until then. Call `reload` to read them now.
+    pub fn reconfigure(&self, config: &Config) {
+        {
+            let mut state = self.state();
+            state.declared = config.lists.iter().map(declared_rule).collect();
+            state.lists_file = config.policy.lists_file.clone();
+            let old = std::mem::take(&mut state.sources);
+            state.sources = sources(config, old);
+            self.rebuild(&state);
+        }
+        self.reconfigured.notify_one();
+    }
+
+    /// Reads the lists file and every source again, now (at start, and on reload). Returns how
+    /// many sources failed.
     pub async fn refresh_all(&self) -> usize {
         let _one_at_a_time = self.refreshing.lock().await;
         self.reread_lists_file();
+        let sources: Vec<Arc<Source>> = self
+            .state()
+            .sources
+            .iter()
+            .map(|s| s.source.clone())
+            .collect();
         let mut failed = 0;
-        for i in 0..self.sources.len() {
-            if !self.refresh_source(i).await {
+        for source in sources {
+            if !self.refresh_source(&source).await {
                 failed += 1;
             }
         }
@@ -114,57 +146,56 @@ impl Lists {
     }
 
     /// Reads one source and swaps the table; false when it failed (its last lists stay).
-    async fn refresh_source(&self, i: usize) -> bool {
-        let source = &self.sources[i];
+    async fn refresh_source(&self, source: &Arc<Source>) -> bool {
         let loaded = match &source.reader {
             Reader::Postfix(p) => p.load().await.map(|found| {
-                (
-                    found
-                        .lists
-                        .into_iter()
-                        .map(|(a, n)| discovered(a, n))
-                        .collect::<Vec<_>>(),
-                    found.skipped,
-                )
+                let lists = found.lists.into_iter().map(discovered).collect::<Vec<_>>();
+                (lists, found.skipped)
             }),
-            Reader::Ldap(l) => l.load().await.map(|found| {
-                (
-                    found.into_iter().map(|(a, n)| discovered(a, n)).collect(),
-                    Vec::new(),
-                )
-            }),
+            Reader::Ldap(l) => l
+                .load()
+                .await
+                .map(|found| (found.into_iter().map(discovered).collect(), Vec::new())),
         };
+        let ok = loaded.is_ok();
         let labels = [("source", source.name.clone())];
-        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
+        // A reload may have replaced or removed the source while it was being read.
+        let Some(entry) = state
+            .sources
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(&s.source, source))
+        else {
+            return ok;
+        };
+        entry.due = Instant::now() + source.config.refresh;
         match loaded {
             Ok((lists, skipped)) => {
-                if parts.failing[i] {
+                if entry.failing {
+                    entry.failing = false;
                     tracing::info!(source = %source.name, lists = lists.len(), "list source answers again");
-                    parts.failing[i] = false;
                 } else {
                     tracing::info!(source = %source.name, lists = lists.len(), "list source read");
                 }
-                if skipped != parts.skipped[i] {
+                if skipped != entry.skipped {
                     for why in &skipped {
                         tracing::warn!(source = %source.name, map = %why, "map passed over");
                     }
-                    parts.skipped[i] = skipped;
+                    entry.skipped = skipped;
                 }
                 metrics::gauge!(metric::LISTS_KNOWN, &labels).set(lists.len() as f64);
                 metrics::gauge!(metric::LISTS_REFRESHED, &labels)
                     .set(crate::now_ms() as f64 / 1000.0);
-                parts.sources[i] = Some(lists);
-                drop(parts);
-                self.rebuild();
-                true
+                entry.lists = Some(lists);
+                self.rebuild(&state);
             }
             Err(error) => {
                 metrics::counter!(metric::LISTS_REFRESH_FAILURES, &labels).increment(1);
-                let kept = parts.sources[i].as_ref().map_or(0, Vec::len);
-                if parts.failing[i] {
+                let kept = entry.lists.as_ref().map_or(0, Vec::len);
+                if entry.failing {
                     tracing::debug!(source = %source.name, error = %format!("{error:#}"), "list source still failing");
                 } else {
-                    parts.failing[i] = true;
+                    entry.failing = true;
                     tracing::error!(
                         source = %source.name,
                         error = %format!("{error:#}"),
@@ -172,84 +203,82 @@ impl Lists {
                         "list source not read; keeping its last lists (logged once until it answers)"
                     );
                 }
-                false
             }
         }
+        ok
     }
 
     /// The lists file again; one that no longer loads keeps the last good one.
     fn reread_lists_file(&self) {
-        let Some(path) = &self.lists_file else {
+        let Some(path) = self.state().lists_file.clone() else {
             return;
         };
-        match read_lists_file(path) {
+        match read_lists_file(&path) {
             Ok(file) => {
-                self.parts.lock().unwrap_or_else(|p| p.into_inner()).file = file;
-                self.rebuild();
+                let mut state = self.state();
+                state.file = file;
+                self.rebuild(&state);
             }
             Err(error) => tracing::error!(
                 error = %format!("{error:#}"),
-                "lists file not reloaded; keeping the last one"
+                "lists file not read again; keeping the last one"
             ),
         }
     }
 
     /// Composes the table in precedence order and swaps it in.
-    fn rebuild(&self) {
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+    fn rebuild(&self, state: &State) {
         let mut table = ListTable::default();
-        let count = |name: &str, rules: &[ListRule], table: &mut ListTable| {
+        let mut add = |name: &str, rules: &[ListRule]| {
             let added = rules.iter().filter(|r| table.insert((*r).clone())).count();
             metrics::gauge!(metric::LISTS_IN_USE, "source" => name.to_string()).set(added as f64);
         };
-        count(DECLARED, &self.declared, &mut table);
-        count(LISTS_FILE, &parts.file, &mut table);
-        for (source, lists) in self.sources.iter().zip(&parts.sources) {
-            count(&source.name, lists.as_deref().unwrap_or(&[]), &mut table);
+        add(DECLARED, &state.declared);
+        add(LISTS_FILE, &state.file);
+        for s in &state.sources {
+            add(&s.source.name, s.lists.as_deref().unwrap_or(&[]));
         }
-        metrics::gauge!(metric::LISTS_KNOWN, "source" => DECLARED).set(self.declared.len() as f64);
-        metrics::gauge!(metric::LISTS_KNOWN, "source" => LISTS_FILE).set(parts.file.len() as f64);
+        metrics::gauge!(metric::LISTS_KNOWN, "source" => DECLARED).set(state.declared.len() as f64);
+        metrics::gauge!(metric::LISTS_KNOWN, "source" => LISTS_FILE).set(state.file.len() as f64);
         self.table.store(Arc::new(table));
     }
 
-    /// Refreshes each source on its own schedule until shutdown (the first read is
-    /// `refresh_all`'s, at start).
+    /// Reads each source again when its `refresh` has passed since its last read, until
+    /// shutdown. The first read is `refresh_all`'s, at start.
     pub async fn run(self: Arc<Self>, mut shutdown: crate::service::Shutdown) {
-        if self.sources.is_empty() {
-            return;
-        }
-        let mut next: Vec<tokio::time::Instant> = self
-            .sources
-            .iter()
-            .map(|s| tokio::time::Instant::now() + s.refresh)
-            .collect();
         loop {
-            let (i, at) = next
+            let next = self
+                .state()
+                .sources
                 .iter()
-                .enumerate()
-                .min_by_key(|(_, at)| **at)
-                .map(|(i, at)| (i, *at))
-                .expect("at least one source");
+                .min_by_key(|s| s.due)
+                .map(|s| (s.source.clone(), s.due));
+            let wait = async {
+                match &next {
+                    Some((_, due)) => tokio::time::sleep_until(*due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
+                _ = wait => {}
+                _ = self.reconfigured.notified() => continue,
                 _ = shutdown.changed() => return,
             }
-            {
+            if let Some((source, _)) = next {
                 let _one_at_a_time = self.refreshing.lock().await;
-                self.refresh_source(i).await;
+                self.refresh_source(&source).await;
             }
-            next[i] = tokio::time::Instant::now() + self.sources[i].refresh;
         }
     }
 
-    /// SIGHUP: reads the lists file and every source again in the background; the table is
+    /// Reads the lists file and every source again in the background (SIGHUP); the table is
     /// swapped as each answers.
     pub fn reload(self: &Arc<Self>) {
         let lists = self.clone();
         tokio::spawn(async move {
             let failed = lists.refresh_all().await;
             tracing::info!(
-                sources = lists.sources.len(),
+                sources = lists.state().sources.len(),
                 failed,
                 lists = lists.table().len(),
                 "lists reloaded"
@@ -258,15 +287,38 @@ impl Lists {
     }
 }
 
-fn source(config: &ListSourceConfig, index: usize) -> Source {
-    Source {
-        name: config.label(index),
-        refresh: config.refresh,
-        reader: match config.kind {
-            ListSourceKind::Postfix => Reader::Postfix(postfix::PostfixSource::new(config)),
-            ListSourceKind::Ldap => Reader::Ldap(ldap::LdapSource::new(config)),
-        },
-    }
+/// The sources of `config`, in order; an entry whose settings equal a running one's takes over
+/// its state (lists, schedule).
+fn sources(config: &Config, mut running: Vec<SourceState>) -> Vec<SourceState> {
+    config
+        .list_sources
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = c.label(i);
+            if let Some(at) = running
+                .iter()
+                .position(|s| s.source.name == name && s.source.config == *c)
+            {
+                return running.swap_remove(at);
+            }
+            let reader = match c.kind {
+                ListSourceKind::Postfix => Reader::Postfix(postfix::PostfixSource::new(c)),
+                ListSourceKind::Ldap => Reader::Ldap(ldap::LdapSource::new(c)),
+            };
+            SourceState {
+                source: Arc::new(Source {
+                    name,
+                    config: c.clone(),
+                    reader,
+                }),
+                lists: None,
+                failing: false,
+                skipped: Vec::new(),
+                due: Instant::now() + c.refresh,
+            }
+        })
+        .collect()
 }
 
 fn read_lists_file(path: &std::path::Path) -> anyhow::Result<Vec<ListRule>> {
@@ -276,7 +328,7 @@ fn read_lists_file(path: &std::path::Path) -> anyhow::Result<Vec<ListRule>> {
         .map_err(|(line, msg)| anyhow::anyhow!("{}:{line}: {msg}", path.display()))
 }
 
-fn discovered(address: String, members: u64) -> ListRule {
+fn discovered((address, members): (String, u64)) -> ListRule {
     ListRule {
         address,
         members,
@@ -385,6 +437,43 @@ mod tests {
         std::fs::write(dir.path().join("lists.txt"), "file@corp.test nine\n").unwrap();
         lists.refresh_all().await;
         assert_eq!(lists.table().get("file@corp.test").unwrap().members, 9);
+    }
+
+    #[tokio::test]
+    async fn a_reconfigure_keeps_what_unchanged_sources_read_and_drops_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = alias_file(dir.path(), 60);
+        std::fs::write(dir.path().join("lists.txt"), "").unwrap();
+        let lists = Lists::from_config(&config(dir.path(), "")).unwrap();
+        assert_eq!(lists.refresh_all().await, 0);
+        // Unreadable now: a source that kept its settings is not read by a reconfigure.
+        std::fs::remove_file(&file).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, format!("new@corp.test {}\n", people(70))).unwrap();
+        let two = config(
+            dir.path(),
+            &format!(
+                "[[list_sources]]\nkind = \"postfix\"\nmaps = [\"{}\"]\n",
+                other.display()
+            ),
+        );
+        lists.reconfigure(&two);
+        assert_eq!(lists.source_names(), ["postfix-1", "postfix-2"]);
+        assert_eq!(lists.table().get("all@corp.test").unwrap().members, 62);
+        assert!(lists.table().get("new@corp.test").is_none(), "not read yet");
+        assert_eq!(lists.refresh_all().await, 1, "postfix-1's file is gone");
+        assert_eq!(lists.table().get("all@corp.test").unwrap().members, 62);
+        assert_eq!(lists.table().get("new@corp.test").unwrap().members, 70);
+        // Declared lists come from the new policy; a removed source's lists go with it.
+        let text = "[milter]\nlisten = \"127.0.0.1:8891\"\n[[lists]]\naddress = \"all@corp.test\"\nmembers = 5\n";
+        lists.reconfigure(&Config::parse(text, Path::new("t.toml")).unwrap());
+        assert_eq!(lists.table().get("all@corp.test").unwrap().members, 5);
+        assert!(lists.table().get("new@corp.test").is_none());
+        assert!(lists.table().get("declared@corp.test").is_none());
+    }
+
+    fn people(n: usize) -> String {
+        (0..n).map(|i| format!("p{i}@corp.test ")).collect()
     }
 
     #[test]

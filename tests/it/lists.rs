@@ -120,6 +120,12 @@ fn a_storm_to_an_alias_known_only_from_postfix_virtual_alias_maps_trips() {
     let maps = scratch_dir("sb-virtual.");
     let virtual_file = maps.path().join("virtual");
     std::fs::write(&virtual_file, virtual_aliases()).unwrap();
+    // Compiled before Postfix starts: its smtpd looks the recipients up as they arrive. Any
+    // main.cf will do for postmap.
+    let postmap_conf = maps.path().join("conf");
+    std::fs::create_dir(&postmap_conf).unwrap();
+    std::fs::write(postmap_conf.join("main.cf"), "").unwrap();
+    postmap(&postmap_conf, &format!("hash:{}", virtual_file.display()));
     let postfix = Postfix::start(
         sink.port(),
         &format!(
@@ -130,7 +136,6 @@ fn a_storm_to_an_alias_known_only_from_postfix_virtual_alias_maps_trips() {
             virtual_file.display()
         ),
     );
-    postmap(&postfix.conf(), &format!("hash:{}", virtual_file.display()));
     // Nothing about staff@ in the policy: its size comes from the Postfix configuration.
     let proxy = Stormbreaker::proxy(
         postfix.port,
@@ -312,7 +317,9 @@ fn a_source_that_does_not_answer_at_start_leaves_mail_flowing() {
 fn the_example_policy_s_list_sources_parse_when_uncommented() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/stormbreaker.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let begin = text.find("# --- list sources").expect("the list sources block");
+    let begin = text
+        .find("# --- list sources")
+        .expect("the list sources block");
     let end = text.find("# --- end of list sources ---").unwrap();
     let uncommented: String = text[begin..end]
         .lines()
@@ -320,9 +327,8 @@ fn the_example_policy_s_list_sources_parse_when_uncommented() {
         .filter_map(|l| l.strip_prefix("# "))
         .filter(|l| {
             l.starts_with("[[")
-                || l.split_once(" = ").is_some_and(|(key, _)| {
-                    key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                })
+                || l.split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -335,4 +341,32 @@ fn the_example_policy_s_list_sources_parse_when_uncommented() {
         .map(|(i, s)| s.label(i))
         .collect();
     assert_eq!(names, ["postfix", "aliases-copy", "directory"]);
+}
+
+#[test]
+fn a_list_source_added_to_the_policy_file_is_read_on_sighup() {
+    let sink = Sink::start();
+    let proxy = Stormbreaker::proxy(sink.port(), "", POLICY);
+    let before = token("added").replace('-', "");
+    assert_eq!(
+        storm(proxy.port, "staff@corp.test", &before, 12),
+        0,
+        "one recipient"
+    );
+    // An alias file in Postfix's source format, read without Postfix.
+    let aliases = proxy.dir.path().join("virtual");
+    std::fs::write(&aliases, virtual_aliases()).unwrap();
+    let mut policy = std::fs::read_to_string(&proxy.config).unwrap();
+    write!(
+        policy,
+        "\n[[list_sources]]\nkind = \"postfix\"\nmaps = [\"{}\"]\n",
+        aliases.display()
+    )
+    .unwrap();
+    std::fs::write(&proxy.config, policy).unwrap();
+    proxy.signal("-HUP");
+    wait_for(|| !proxy.log_lines("lists reloaded").is_empty()).expect("reload logged");
+    let after = token("added").replace('-', "");
+    assert_eq!(storm(proxy.port, "staff@corp.test", &after, 12), 2);
+    assert_eq!(proxy.log_lines("holding")[0]["audience"], 3000);
 }
