@@ -370,3 +370,43 @@ fn a_list_source_added_to_the_policy_file_is_read_on_sighup() {
     assert_eq!(storm(proxy.port, "staff@corp.test", &after, 12), 2);
     assert_eq!(proxy.log_lines("holding")[0]["audience"], 3000);
 }
+
+#[test]
+fn a_directory_that_hangs_at_start_delays_the_listener_at_most_briefly() {
+    // Accepts connections and never answers: the LDAP bind would wait its whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let sink = Sink::start();
+    let proxy = Stormbreaker::proxy(
+        sink.port(),
+        "",
+        &format!(
+            "{POLICY}[[list_sources]]\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:{port}\"\n\
+             base_dn = \"dc=corp,dc=test\"\nbind_dn = \"cn=x\"\npassword_file = \"/dev/null\"\n\
+             timeout = \"10m\"\n"
+        ),
+    );
+    assert_eq!(
+        proxy
+            .log_lines("list sources still being read; listening meanwhile")
+            .len(),
+        1,
+        "{}",
+        proxy.log()
+    );
+    let tag = token("hang");
+    let answer = send(
+        proxy.port,
+        "a@corp.test",
+        "all-staff@corp.test",
+        "Subject: hi\r\n",
+        &tag,
+    );
+    assert!(answer.starts_with("250"), "{answer}");
+}
