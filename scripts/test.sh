@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis, swaks, openssl for a test certificate, Chromium and Python's
-# playwright and prometheus_client for the console and metrics tests) when they are missing,
-# then runs formatting, lints and every test.
+# tests talk to (Postfix, Redis, swaks, openssl for a test certificate, slapd and ldap-utils for
+# the LDAP list sources, Chromium and Python's playwright and prometheus_client for the console
+# and metrics tests) when they are missing, then runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,9 @@ command -v swaks >/dev/null || need+=(swaks)
 command -v openssl >/dev/null || need+=(openssl)
 # The console test drives Debian's Chromium by its path (never a browser Playwright downloads).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# LDAP list sources are tested against a private slapd, filled with ldapadd.
+command -v slapd >/dev/null || need+=(slapd)
+command -v ldapadd >/dev/null || need+=(ldap-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; run as root to install them" >&2

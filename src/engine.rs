@@ -9,11 +9,11 @@ use crate::breaker::{Limits, Outcome, Rule};
 use crate::config::{Config, HoldAction, PolicyConfig, StateBackend, StateFallback};
 use crate::envelope::Envelope;
 use crate::fingerprint::{self, Audience, ListRule, ListTable, ThreadKey, ThreadKeys};
+use crate::lists::Lists;
 use crate::store::{
     BreakerStatus, MemoryStore, ObserveRequest, RedisStore, StateStore, StoreError,
 };
 use crate::verdict::{Action, Hold, Verdict};
-use anyhow::Context;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,7 +24,8 @@ const FALLBACK_MAX_THREADS: usize = 100_000;
 /// The storm engine as the front ends see it. Send + Sync: share it in an `Arc`.
 pub struct Engine {
     policy: PolicyConfig,
-    lists: ListTable,
+    /// Swapped whole by list refreshes; each decision reads one snapshot.
+    lists: Arc<Lists>,
     /// Hashes of lowercased exempt envelope senders (policy.exempt_senders and notify.from).
     exempt_senders: HashSet<u64>,
     store: Arc<dyn StateStore>,
@@ -63,17 +64,13 @@ impl Engine {
 
     /// An engine on the given state store (for example the Redis backend).
     pub fn with_store(config: &Config, store: Arc<dyn StateStore>) -> anyhow::Result<Engine> {
-        let mut lists = ListTable::default();
-        for list in &config.lists {
-            lists.insert(list_rule(list));
-        }
-        if let Some(path) = &config.policy.lists_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{}: cannot read lists file", path.display()))?;
-            lists
-                .add_file_text(&text)
-                .map_err(|(line, msg)| anyhow::anyhow!("{}:{line}: {msg}", path.display()))?;
-        }
+        // [[lists]] and lists_file now; list sources are read by `Lists::refresh_all`.
+        let lists = Arc::new(Lists::from_config(config)?);
+        Ok(Engine::with_lists(config, store, lists))
+    }
+
+    /// An engine on the given state store and list table.
+    fn with_lists(config: &Config, store: Arc<dyn StateStore>, lists: Arc<Lists>) -> Engine {
         let exempt_senders = config
             .policy
             .exempt_senders
@@ -83,13 +80,14 @@ impl Engine {
             .map(|a| fingerprint::hash_lowercase(a.trim()))
             .collect();
         tracing::info!(
-            lists = lists.len(),
+            lists = lists.table().len(),
+            list_sources = config.list_sources.len(),
             backend = store.backend(),
             wide_audience = config.policy.wide_audience,
             trip_replies = config.policy.trip_replies,
             "storm engine ready"
         );
-        Ok(Engine {
+        Engine {
             policy: config.policy.clone(),
             lists,
             exempt_senders,
@@ -97,13 +95,25 @@ impl Engine {
             on_unavailable: config.state.on_unavailable,
             fallback: OnceLock::new(),
             decision_seconds: metrics::histogram!(crate::admin::metric::DECISION_SECONDS),
-        })
+        }
     }
 
     /// An engine with `config`'s policy, lists and exemptions on this engine's state store:
-    /// what a reload puts in place (counts and open breakers are kept).
+    /// what a reload puts in place (counts and open breakers are kept). The list table is
+    /// shared, not copied: once the reload is in place, `lists().reconfigure(config)` gives it
+    /// the new `[[lists]]`, `lists_file` and sources (what unchanged sources read is kept).
     pub fn rebuilt(&self, config: &Config) -> anyhow::Result<Engine> {
-        Engine::with_store(config, self.store.clone())
+        Ok(Engine::with_lists(
+            config,
+            self.store.clone(),
+            self.lists.clone(),
+        ))
+    }
+
+    /// The list table and its sources: `refresh_all` at start, `run` for the schedule,
+    /// `reload` on SIGHUP.
+    pub fn lists(&self) -> &Arc<Lists> {
+        &self.lists
     }
 
     /// True for envelope senders never counted nor held (policy.exempt_senders, notify.from).
@@ -118,18 +128,20 @@ impl Engine {
     /// and list not exempt). When false, `decide` delivers whatever the headers say, so a front
     /// end may start relaying before it has them.
     pub fn could_hold(&self, envelope: &Envelope) -> bool {
-        self.wide_audience(envelope).is_some()
+        self.wide_audience(envelope, &self.lists.table()).is_some()
     }
 
     /// Decides for one message. `headers` is the raw header block (up to the empty line);
     /// `now_ms` is Unix time in milliseconds, passed in so storms can be simulated.
     pub async fn decide(&self, envelope: &Envelope, headers: &[u8], now_ms: u64) -> Verdict {
         let started = std::time::Instant::now();
-        let verdict = match self.wide_audience(envelope) {
+        let lists = self.lists.table();
+        let verdict = match self.wide_audience(envelope, &lists) {
             None => Verdict::DELIVER,
             Some(audience) => {
                 let keys = fingerprint::parse_headers(headers);
-                self.decide_wide(envelope, &keys, audience, now_ms).await
+                self.decide_wide(envelope, &keys, audience, &lists, now_ms)
+                    .await
             }
         };
         self.decision_seconds
@@ -145,9 +157,13 @@ impl Engine {
         now_ms: u64,
     ) -> Verdict {
         let started = std::time::Instant::now();
-        let verdict = match self.wide_audience(envelope) {
+        let lists = self.lists.table();
+        let verdict = match self.wide_audience(envelope, &lists) {
             None => Verdict::DELIVER,
-            Some(audience) => self.decide_wide(envelope, keys, audience, now_ms).await,
+            Some(audience) => {
+                self.decide_wide(envelope, keys, audience, &lists, now_ms)
+                    .await
+            }
         };
         self.decision_seconds
             .record(started.elapsed().as_secs_f64());
@@ -155,7 +171,7 @@ impl Engine {
     }
 
     /// The audience when the message is wide and neither sender nor list is exempt.
-    fn wide_audience(&self, envelope: &Envelope) -> Option<Audience> {
+    fn wide_audience(&self, envelope: &Envelope, lists: &ListTable) -> Option<Audience> {
         // exempt_senders may name the envelope sender or the name the client authenticated
         // as (SMTP AUTH on the submission port).
         if self.is_exempt_sender(&envelope.mail_from)
@@ -166,12 +182,12 @@ impl Engine {
         {
             return None;
         }
-        let audience = fingerprint::audience(&envelope.rcpts, &self.lists);
+        let audience = fingerprint::audience(&envelope.rcpts, lists);
         if audience.exempt {
             return None;
         }
         let wide = audience
-            .list(&self.lists)
+            .list(lists)
             .and_then(|l| l.wide_audience)
             .unwrap_or(self.policy.wide_audience);
         (audience.weight >= wide).then_some(audience)
@@ -182,6 +198,7 @@ impl Engine {
         envelope: &Envelope,
         keys: &ThreadKeys,
         audience: Audience,
+        lists: &ListTable,
         now_ms: u64,
     ) -> Verdict {
         let sender = if envelope.mail_from.is_empty() {
@@ -193,7 +210,7 @@ impl Engine {
         } else {
             &envelope.mail_from
         };
-        let list = audience.list(&self.lists);
+        let list = audience.list(lists);
         let mut limits = self.limits(list);
         let me_too_key;
         let (rule, count_keys): (Rule, &[ThreadKey]) = if keys.reply {
@@ -411,21 +428,6 @@ impl Engine {
     /// Thread keys tracked by the state store.
     pub async fn tracked_threads(&self) -> Result<usize, StoreError> {
         self.store.tracked().await
-    }
-}
-
-fn list_rule(list: &crate::config::ListConfig) -> ListRule {
-    ListRule {
-        address: list.address.trim().to_string(),
-        members: list.members,
-        exempt: list.exempt,
-        wide_audience: list.wide_audience,
-        trip_replies: list.trip_replies,
-        window: list.window,
-        block_for: list.block_for,
-        action: list.action,
-        fast_senders: list.fast_senders,
-        me_too_messages: list.me_too_messages,
     }
 }
 

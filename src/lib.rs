@@ -5,11 +5,13 @@
 //! - `proxy/`: the SMTP proxy: listener, session loop, DATA phase, upstream link.
 //! - `milter/`: the milter codec and session, for Postfix's `smtpd_milters`.
 //! - `fingerprint/`: thread and audience keys of a message (pure functions).
+//! - `lists/`: distribution list sizes: declared, Postfix's virtual aliases, LDAP groups.
 //! - `breaker/`: sliding windows and circuit breakers (pure, time passed in).
 //! - `store/`: where breaker state lives (in process, or Redis).
 //! - `engine`: the decision point: envelope + headers + now -> `verdict::Verdict`.
 //! - `quarantine/`: durable hold, list, release, delete, purge.
 //! - `config`: the TOML policy file.
+//! - `replay`: the policy over past mail (mbox, Maildir): what would have tripped.
 
 pub mod admin;
 pub mod breaker;
@@ -19,11 +21,13 @@ pub mod engine;
 pub mod envelope;
 pub mod fingerprint;
 pub mod frontend;
+pub mod lists;
 pub mod logging;
 pub mod milter;
 pub mod notify;
 pub mod proxy;
 pub mod quarantine;
+pub mod replay;
 pub mod reply;
 pub mod service;
 pub mod smtp;

@@ -46,6 +46,23 @@ enum Command {
     },
     /// Replay an Atos-shaped reply-all storm through the proxy and a built-in sink (no MTA).
     Demo,
+    /// Run the policy over past mail (an mbox or a Maildir) in arrival order: which storms
+    /// would have tripped, when, what would have been held, the deliveries avoided. Nothing is
+    /// sent, held or shared: the breakers live in this process only.
+    Replay {
+        /// An mbox file.
+        #[arg(long, conflicts_with = "maildir", required_unless_present = "maildir")]
+        mbox: Option<PathBuf>,
+        /// A Maildir folder (with cur/ and new/).
+        #[arg(long)]
+        maildir: Option<PathBuf>,
+        /// The policy file whose thresholds and lists are replayed.
+        #[arg(long)]
+        config: PathBuf,
+        /// The whole report, every message's decision included, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, release and delete held messages.
     Quarantine {
         /// The policy file (before or after the subcommand).
@@ -89,6 +106,22 @@ fn breaker(config: &Config, command: BreakerCommand) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn replay(
+    config: &Config,
+    mailbox: &stormbreaker::replay::Mailbox,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report = runtime().block_on(stormbreaker::replay::run(config, mailbox))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+    } else {
+        stormbreaker::replay::print_text(&report, &mut out)?;
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -184,6 +217,24 @@ fn main() -> ExitCode {
         },
         Command::Breaker { config, command } => match load_required(config.as_deref(), "breaker") {
             Ok(config) => finish("breaker", breaker(&config, command), |code| code),
+            Err(code) => code,
+        },
+        Command::Replay {
+            mbox,
+            maildir,
+            config,
+            json,
+        } => match load(&config) {
+            Ok(config) => {
+                let mailbox = match (mbox, maildir) {
+                    (Some(path), _) => stormbreaker::replay::Mailbox::Mbox(path),
+                    (None, Some(path)) => stormbreaker::replay::Mailbox::Maildir(path),
+                    (None, None) => unreachable!("clap requires --mbox or --maildir"),
+                };
+                finish("replay", replay(&config, &mailbox, json), |()| {
+                    ExitCode::SUCCESS
+                })
+            }
             Err(code) => code,
         },
         Command::Demo => finish(

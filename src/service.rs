@@ -9,6 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// How long the start waits for the list sources' first read before it listens anyway.
+const LIST_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Tells long-running tasks that shutdown has begun: `*rx.borrow()` turns true.
 pub type Shutdown = watch::Receiver<bool>;
 
@@ -24,6 +27,26 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Before anything counts: every metric is then present (at 0) from the first scrape.
     let metrics = crate::admin::metrics_handle(&config);
     let engine = Arc::new(Engine::from_config(&config).await?);
+    // The list sources' first read, before any mail is decided, but mail must flow: a source
+    // that fails is logged and its lists stay unknown until it answers, and one that is slow
+    // is waited for at most LIST_START_WAIT, then read on in the background.
+    if !config.list_sources.is_empty() {
+        let lists = engine.lists().clone();
+        let first = tokio::spawn(async move { lists.refresh_all().await });
+        match tokio::time::timeout(LIST_START_WAIT, first).await {
+            Ok(Ok(failed)) => tracing::info!(
+                sources = config.list_sources.len(),
+                failed,
+                lists = engine.lists().table().len(),
+                "list sources read"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "list sources not read"),
+            Err(_) => tracing::warn!(
+                waited_s = LIST_START_WAIT.as_secs(),
+                "list sources still being read; listening meanwhile"
+            ),
+        }
+    }
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
     let target = crate::proxy::session::upstream_target(&config)
@@ -31,6 +54,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::new(&config, config_path, target));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tokio::spawn(engine.lists().clone().run(stop_rx.clone()));
     tokio::spawn(crate::quarantine::expiry::run(
         quarantine.clone(),
         config.quarantine.retention,
@@ -160,6 +184,11 @@ async fn reload(
         return;
     }
     shared.tls.store(tls);
+    // The list table is shared by every engine (the milter's too): the new lists and sources
+    // go in now, and everything is read again in the background.
+    let lists = shared.engine.load().lists().clone();
+    lists.reconfigure(&config);
+    lists.reload();
     if let Ok(target) = crate::proxy::session::upstream_target(&config) {
         notifier.reload(&config, target);
     }

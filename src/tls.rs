@@ -44,6 +44,11 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// A connector that trusts the certificates in `ca` (PEM), or the system's roots
 /// (/etc/ssl/certs) when `ca` is None.
 pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
+    client_config(ca).map(TlsConnector::from)
+}
+
+/// The client side of `connector`, for clients that take a rustls configuration (LDAP).
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -68,7 +73,7 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// The name the upstream's certificate must carry: `name` when given, else the host part of

@@ -57,6 +57,12 @@ pub const ALERT_MAILS: &str = "stormbreaker_alert_mails_total";
 pub const STATE_OUTAGES: &str = "stormbreaker_state_outages_total";
 /// Gauge 1, label `version`.
 pub const BUILD_INFO: &str = "stormbreaker_build_info";
+/// Gauges, label `source`: `declared`, `lists_file`, or a `[[list_sources]]` name.
+pub const LISTS_KNOWN: &str = "stormbreaker_lists_known";
+pub const LISTS_IN_USE: &str = "stormbreaker_lists_in_use";
+pub const LISTS_REFRESHED: &str = "stormbreaker_lists_refreshed_timestamp_seconds";
+/// Label `source`: a `[[list_sources]]` name.
+pub const LISTS_REFRESH_FAILURES: &str = "stormbreaker_lists_refresh_failures_total";
 
 /// Seconds; from a memory-store decision (tens of microseconds) to a slow Redis.
 const DECISION_BUCKETS: [f64; 12] = [
@@ -140,6 +146,22 @@ pub fn describe() {
         "Times the shared state store stopped answering"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_gauge!(
+        LISTS_KNOWN,
+        "Lists each source gave at its last good read (declared, lists_file, list sources)"
+    );
+    describe_gauge!(
+        LISTS_IN_USE,
+        "Lists the engine takes from each source, after precedence ([[lists]] first)"
+    );
+    describe_gauge!(
+        LISTS_REFRESHED,
+        "Unix time of each list source's last good read"
+    );
+    describe_counter!(
+        LISTS_REFRESH_FAILURES,
+        "List source reads that failed (the last good lists were kept)"
+    );
 }
 
 /// Makes every metric present with 0 (counters with each known label value), so dashboards
@@ -169,6 +191,9 @@ pub fn zero(config: &Config) {
     }
     for result in ["sent", "failed"] {
         counter!(ALERT_MAILS, "result" => result).increment(0);
+    }
+    for (i, source) in config.list_sources.iter().enumerate() {
+        counter!(LISTS_REFRESH_FAILURES, "source" => source.label(i)).increment(0);
     }
     if config.state.backend == StateBackend::Redis {
         counter!(STATE_OUTAGES, "backend" => "redis").increment(0);

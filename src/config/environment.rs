@@ -24,6 +24,10 @@ impl Config {
                 )
             })?;
         }
+        for (i, source) in self.list_sources.iter().enumerate() {
+            check_list_source(source)
+                .map_err(|(leaf, e)| (format!("list_sources[{i}].{leaf}"), e))?;
+        }
         writable_dir(&self.quarantine.dir).map_err(|e| ("quarantine.dir".to_string(), e))?;
         if let Some(listen) = &self.milter.listen
             && let Some(path) = unix_socket_path(listen)
@@ -68,6 +72,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The files a list source names. What the source answers is not checked here: a source that
+/// fails at run time keeps its last lists and mail flows.
+fn check_list_source(source: &ListSourceConfig) -> Result<(), (&'static str, String)> {
+    if let Some(dir) = &source.config_dir
+        && !dir.join("main.cf").is_file()
+    {
+        return Err((
+            "config_dir",
+            format!(
+                "{}: no main.cf in it (a Postfix configuration folder)",
+                dir.display()
+            ),
+        ));
+    }
+    for map in &source.maps {
+        let path = map.trim();
+        if path.starts_with('/') {
+            std::fs::metadata(path).map_err(|e| ("maps", format!("{path}: {e}")))?;
+        }
+    }
+    if let Some(file) = &source.password_file {
+        std::fs::read_to_string(file)
+            .map_err(|e| ("password_file", format!("{}: {e}", file.display())))?;
+    }
+    if let Some(ca) = &source.tls_ca {
+        crate::tls::client_config(Some(ca)).map_err(|e| ("tls_ca", e))?;
+    }
+    Ok(())
 }
 
 /// The path of a milter listen address that is a unix socket (`unix:PATH`, `local:PATH`, or

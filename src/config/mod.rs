@@ -70,7 +70,7 @@ impl Config {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError {
+        config.validate(text).map_err(|(key, message)| ConfigError {
             file: path.to_path_buf(),
             // A required key whose section is absent altogether (today only
             // [upstream] address): point at what requires it, the proxy's listen line.
@@ -282,6 +282,47 @@ mod tests {
         .unwrap();
         assert_eq!(c.lists[0].members, 91053);
         assert_eq!(c.lists[0].trip_replies, Some(5));
+    }
+
+    #[test]
+    fn list_sources_are_checked_with_their_key_and_line() {
+        let ok = proxy(
+            "[[list_sources]]\nkind = \"postfix\"\nconfig_dir = \"/etc/postfix\"\nrefresh = \"5m\"\n\
+             [[list_sources]]\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:389\"\nbase_dn = \"dc=corp\"\n\
+             bind_dn = \"cn=sb,dc=corp\"\npassword_file = \"/etc/stormbreaker/ldap.pw\"\nnested = \"in_chain\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.list_sources[0].refresh, Duration::from_secs(300));
+        assert_eq!(ok.list_sources[1].min_members, 50);
+        assert_eq!(ok.list_sources[1].member_attribute, "member");
+        assert_eq!(ok.list_sources[1].nested, LdapNested::InChain);
+        assert_eq!(ok.list_sources[1].label(1), "ldap-2");
+        let pf = "[[list_sources]]\nkind = \"postfix\"\n";
+        let ldap = "[[list_sources]]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\n";
+        for (rest, key) in [
+            (pf.to_string(), "list_sources[0].maps"),
+            (format!("{pf}maps = [\"mysql:/etc/postfix/v.cf\"]\n"), "list_sources[0].maps"),
+            (format!("{pf}maps = [\"ldap:/etc/postfix/v.cf\"]\n"), "list_sources[0].maps"),
+            (format!("{pf}maps = [\"virtual\"]\n"), "list_sources[0].maps"),
+            (format!("{pf}maps = [\"/v\"]\nurl = \"ldap://h\"\n"), "list_sources[0].url"),
+            (format!("{pf}maps = [\"/v\"]\nrefresh = \"1s\"\n"), "list_sources[0].refresh"),
+            (format!("{pf}maps = [\"/v\"]\nmin_members = 0\n"), "list_sources[0].min_members"),
+            (format!("{pf}maps = [\"/v\"]\nname = \"declared\"\n"), "list_sources[0].name"),
+            (format!("{pf}maps = [\"/v\"]\n{pf}maps = [\"/w\"]\nname = \"postfix-1\"\n"), "list_sources[1].name"),
+            (format!("{pf}maps = [\"/v\"]\nrefresh = \"soon\"\n"), "list_sources[0].refresh"),
+            ("[[list_sources]]\nkind = \"ldap\"\nbase_dn = \"dc=x\"\n".into(), "list_sources[0].url"),
+            ("[[list_sources]]\nkind = \"ldap\"\nurl = \"http://h\"\nbase_dn = \"dc=x\"\n".into(), "list_sources[0].url"),
+            ("[[list_sources]]\nkind = \"ldap\"\nurl = \"ldap://h\"\n".into(), "list_sources[0].base_dn"),
+            (format!("{ldap}bind_dn = \"cn=a\"\n"), "list_sources[0].password_file"),
+            (format!("{ldap}filter = \"objectClass=group\"\n"), "list_sources[0].filter"),
+            (format!("{ldap}maps = [\"/v\"]\n"), "list_sources[0].maps"),
+            (format!("{ldap}page_size = 0\n"), "list_sources[0].page_size"),
+            (format!("{ldap}nested = \"deep\"\n"), "list_sources[0].nested"),
+            ("[[list_sources]]\nkind = \"ldaps\"\n".into(), "list_sources[0].kind"),
+            ("[[list_sources]]\nkind = \"ldap\"\nurl = \"ldaps://h\"\nstarttls = true\nbase_dn = \"dc=x\"\n".into(), "list_sources[0].starttls"),
+        ] {
+            refused(&rest, key);
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub lists: Vec<ListConfig>,
+    /// Where else list sizes come from: the MTA's alias maps, the directory's groups.
+    #[serde(default)]
+    pub list_sources: Vec<ListSourceConfig>,
     #[serde(default)]
     pub notify: NotifyConfig,
     #[serde(default)]
@@ -361,6 +364,152 @@ pub struct ListConfig {
     pub fast_senders: Option<u32>,
     #[serde(default)]
     pub me_too_messages: Option<u32>,
+}
+
+/// Map types `postmap -s` can list (after an optional `proxy:`).
+pub const POSTFIX_LISTABLE_MAPS: [&str; 8] = [
+    "hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash", "inline",
+];
+
+/// What a list source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListSourceKind {
+    /// Postfix's `virtual_alias_maps` (read with `postconf` and `postmap -s`), or alias files
+    /// in Postfix's source format.
+    Postfix,
+    /// Group member counts from an LDAP directory or Active Directory.
+    Ldap,
+}
+
+/// How an LDAP group's nested groups are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LdapNested {
+    /// Member DNs that are groups found by the search are expanded by stormbreaker, each person
+    /// counted once, cycles cut (OpenLDAP, 389-ds, and AD groups under 1,500 direct members).
+    #[default]
+    Expand,
+    /// Active Directory counts for us: one search per group with the
+    /// LDAP_MATCHING_RULE_IN_CHAIN filter `memberOf:1.2.840.113556.1.4.1941:=`. AD only.
+    InChain,
+    /// Direct members only; nested groups count as one member each.
+    Direct,
+}
+
+/// One `[[list_sources]]` entry. One flat table for both kinds so every key keeps its line in
+/// error messages; `validate` refuses keys of the other kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSourceConfig {
+    pub kind: ListSourceKind,
+    /// Names the source in logs and metrics; `postfix-1`, `ldap-2`... (1-based position) when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How often the sizes are read again (and at every SIGHUP).
+    #[serde(
+        default = "default_list_refresh",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub refresh: Duration,
+    /// Only aliases or groups that reach at least this many people become lists.
+    #[serde(default = "default_min_members")]
+    pub min_members: u64,
+    /// Postfix: the configuration folder whose `virtual_alias_maps` are read (`postconf -c`),
+    /// also given to `postmap -c` for `maps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_dir: Option<PathBuf>,
+    /// Postfix: maps to read instead of (or without) a config_dir: `hash:/etc/postfix/virtual`,
+    /// `lmdb:...`, `texthash:...`, or a plain path to an alias file in Postfix's source format.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<String>,
+    /// LDAP: `ldap://host:389` or `ldaps://host:636`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// LDAP: STARTTLS on an `ldap://` URL.
+    #[serde(default)]
+    pub starttls: bool,
+    /// LDAP: PEM CA certificates the server's certificate must chain to; the system's when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// LDAP: the DN to bind as; anonymous when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_dn: Option<String>,
+    /// LDAP: a file holding the bind password (one line; a trailing newline is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// LDAP: where groups are searched (subtree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dn: Option<String>,
+    /// LDAP: which entries are groups.
+    #[serde(default = "default_group_filter")]
+    pub filter: String,
+    /// LDAP: the group's address attribute.
+    #[serde(default = "default_mail_attribute")]
+    pub mail_attribute: String,
+    /// LDAP: the attribute holding member DNs (`member`, `uniqueMember`).
+    #[serde(default = "default_member_attribute")]
+    pub member_attribute: String,
+    #[serde(default)]
+    pub nested: LdapNested,
+    /// LDAP: entries per page of a search (RFC 2696 paged results); AD's MaxPageSize is 1000.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// LDAP: connecting, binding and each search must finish within this.
+    #[serde(
+        default = "default_ldap_timeout",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_list_refresh() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_min_members() -> u64 {
+    50
+}
+
+fn default_group_filter() -> String {
+    "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))".into()
+}
+
+fn default_mail_attribute() -> String {
+    "mail".into()
+}
+
+fn default_member_attribute() -> String {
+    "member".into()
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+
+fn default_ldap_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ListSourceConfig {
+    /// The name in logs and metrics; `index` is the entry's 0-based position.
+    pub fn label(&self, index: usize) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!(
+                "{}-{}",
+                match self.kind {
+                    ListSourceKind::Postfix => "postfix",
+                    ListSourceKind::Ldap => "ldap",
+                },
+                index + 1
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -121,7 +121,7 @@ impl Config {
     }
 
     /// Checks that need more than one value's type.
-    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, text: &str) -> Result<(), (String, String)> {
         self.check_operational()?;
         let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
         if self.proxy.listen.is_none() && self.milter.listen.is_none() {
@@ -227,9 +227,198 @@ impl Config {
         if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
             return fail("state.url", "the redis backend needs a url");
         }
+        self.check_list_sources(text)?;
         self.check_required()?;
         self.check_tls()
     }
+}
+
+/// Keys of `[[list_sources]]` each kind takes (besides kind, name, refresh, min_members).
+const POSTFIX_SOURCE_KEYS: [&str; 2] = ["config_dir", "maps"];
+const LDAP_SOURCE_KEYS: [&str; 12] = [
+    "url",
+    "starttls",
+    "tls_ca",
+    "bind_dn",
+    "password_file",
+    "base_dn",
+    "filter",
+    "mail_attribute",
+    "member_attribute",
+    "nested",
+    "page_size",
+    "timeout",
+];
+
+/// Shortest refresh: sources are whole directories and alias maps, read in full each time.
+const MIN_LIST_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Config {
+    /// `[[list_sources]]`: the keys of its kind only, the ones it needs, values it can use.
+    fn check_list_sources(&self, text: &str) -> Result<(), (String, String)> {
+        let table: toml::Table = toml::from_str(text).unwrap_or_default();
+        let written: Vec<Vec<String>> = table
+            .get("list_sources")
+            .and_then(|v| v.as_array())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        e.as_table()
+                            .map(|t| t.keys().cloned().collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut names = std::collections::HashSet::new();
+        for (i, source) in self.list_sources.iter().enumerate() {
+            let key = |leaf: &str| format!("list_sources[{i}].{leaf}");
+            let fail = |leaf: &str, msg: String| Err((key(leaf), msg));
+            let (own, other, kind) = match source.kind {
+                ListSourceKind::Postfix => {
+                    (&POSTFIX_SOURCE_KEYS[..], &LDAP_SOURCE_KEYS[..], "postfix")
+                }
+                ListSourceKind::Ldap => (&LDAP_SOURCE_KEYS[..], &POSTFIX_SOURCE_KEYS[..], "ldap"),
+            };
+            for leaf in written.get(i).into_iter().flatten() {
+                if other.contains(&leaf.as_str()) {
+                    return fail(
+                        leaf,
+                        format!(
+                            "is not a key of kind = \"{kind}\" (its keys: {})",
+                            own.join(", ")
+                        ),
+                    );
+                }
+            }
+            let label = source.label(i);
+            if label.is_empty() || label.contains(char::is_whitespace) {
+                return fail("name", format!("{label:?}: a name without spaces"));
+            }
+            if matches!(label.as_str(), "declared" | "lists_file") {
+                return fail(
+                    "name",
+                    format!("{label:?} names the [[lists]] and lists_file tables in metrics"),
+                );
+            }
+            if !names.insert(label.clone()) {
+                return fail("name", format!("{label:?} names two list sources"));
+            }
+            if source.refresh < MIN_LIST_REFRESH {
+                return fail(
+                    "refresh",
+                    "must be at least 10s: each refresh reads the whole source".into(),
+                );
+            }
+            if source.min_members == 0 {
+                return fail("min_members", "must be at least 1".into());
+            }
+            match source.kind {
+                ListSourceKind::Postfix => {
+                    if source.config_dir.is_none() && source.maps.is_empty() {
+                        return fail(
+                            "maps",
+                            "a postfix source needs config_dir (its virtual_alias_maps are read) \
+                             or maps"
+                                .into(),
+                        );
+                    }
+                    for map in &source.maps {
+                        check_postfix_map(map).map_err(|msg| (key("maps"), msg))?;
+                    }
+                }
+                ListSourceKind::Ldap => {
+                    let Some(url) = &source.url else {
+                        return fail(
+                            "url",
+                            "an ldap source needs url = \"ldap://host:389\"".into(),
+                        );
+                    };
+                    let ldaps = url.starts_with("ldaps://");
+                    if !(ldaps || url.starts_with("ldap://")) {
+                        return fail("url", format!("{url:?} is not an ldap:// or ldaps:// URL"));
+                    }
+                    if ldaps && source.starttls {
+                        return fail(
+                            "starttls",
+                            "ldaps:// is TLS from the start; starttls is for ldap:// URLs".into(),
+                        );
+                    }
+                    if source
+                        .base_dn
+                        .as_deref()
+                        .is_none_or(|b| b.trim().is_empty())
+                    {
+                        return fail(
+                            "base_dn",
+                            "an ldap source needs the base DN groups are searched under".into(),
+                        );
+                    }
+                    match (&source.bind_dn, &source.password_file) {
+                        (Some(_), None) => {
+                            return fail("password_file", "bind_dn needs a password_file".into());
+                        }
+                        (None, Some(_)) => {
+                            return fail("bind_dn", "password_file needs a bind_dn".into());
+                        }
+                        _ => {}
+                    }
+                    let filter = source.filter.trim();
+                    if !(filter.starts_with('(') && filter.ends_with(')')) {
+                        return fail(
+                            "filter",
+                            format!("{filter:?} is not an LDAP filter such as (objectClass=group)"),
+                        );
+                    }
+                    for (leaf, value) in [
+                        ("mail_attribute", &source.mail_attribute),
+                        ("member_attribute", &source.member_attribute),
+                    ] {
+                        if value.is_empty() || value.contains(char::is_whitespace) {
+                            return fail(leaf, format!("{value:?} is not an attribute name"));
+                        }
+                    }
+                    if !(1..=i32::MAX as u32).contains(&source.page_size) {
+                        return fail("page_size", "must be at least 1".into());
+                    }
+                    if source.timeout.is_zero() {
+                        return fail("timeout", "must be longer than 0s".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `maps` entry: `TYPE:NAME` of a type `postmap -s` can list, or a plain alias file path.
+fn check_postfix_map(map: &str) -> Result<(), String> {
+    let map = map.trim();
+    if map.starts_with('/') {
+        return Ok(());
+    }
+    let Some((kind, name)) = map.strip_prefix("proxy:").unwrap_or(map).split_once(':') else {
+        return Err(format!(
+            "{map:?} is neither TYPE:NAME (hash:/etc/postfix/virtual) nor an absolute path"
+        ));
+    };
+    if name.is_empty() {
+        return Err(format!("{map:?} names no file"));
+    }
+    if kind == "ldap" {
+        return Err(format!(
+            "{map:?}: Postfix's LDAP maps cannot be listed; add a [[list_sources]] with \
+             kind = \"ldap\" for the same directory"
+        ));
+    }
+    if !POSTFIX_LISTABLE_MAPS.contains(&kind) {
+        return Err(format!(
+            "{map:?}: a {kind} map cannot be listed with postmap -s; types that can: {}",
+            POSTFIX_LISTABLE_MAPS.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Best effort: the line where `key` (`section.leaf`, `lists[2].leaf`) is assigned, within

@@ -1,6 +1,7 @@
-//! Audience: the weighted fan-out of an envelope. Each recipient counts 1, except a declared
+//! Audience: the weighted fan-out of an envelope. Each recipient counts 1, except a known
 //! distribution list, which counts its members: the proxy sees one RCPT before the MTA expands it
-//! into 91,053 people.
+//! into 91,053 people. Lists are declared (`[[lists]]`, `lists_file`) or read from the MTA's
+//! alias maps and the directory (`crate::lists`), which builds and swaps this table.
 
 use super::{hash_bytes, hash_lowercase};
 use crate::config::HoldAction;
@@ -8,7 +9,7 @@ use crate::envelope::Recipient;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// A declared distribution list and its overrides of the policy.
+/// A distribution list and its overrides of the policy (only declared lists have overrides).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListRule {
     pub address: String,
@@ -62,8 +63,14 @@ impl ListTable {
     /// `#` starts a comment. Errors name the 1-based line. Addresses already in the table
     /// (from `[[lists]]` in the policy file) keep their policy-file definition.
     pub fn add_file_text(&mut self, text: &str) -> Result<usize, (usize, String)> {
+        let rules = ListTable::parse_file_text(text)?;
+        Ok(rules.into_iter().filter(|r| self.insert(r.clone())).count())
+    }
+
+    /// The lists of a lists file, in order; errors name the 1-based line.
+    pub fn parse_file_text(text: &str) -> Result<Vec<ListRule>, (usize, String)> {
         let mut seen = std::collections::HashSet::new();
-        let mut added = 0;
+        let mut rules = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.split('#').next().unwrap_or("").trim();
@@ -101,16 +108,14 @@ impl ListTable {
             if !seen.insert(hash_lowercase(address)) {
                 return Err((line_no, format!("{address} is listed twice")));
             }
-            if self.insert(ListRule {
+            rules.push(ListRule {
                 address: address.to_string(),
                 members,
                 exempt,
                 ..ListRule::default()
-            }) {
-                added += 1;
-            }
+            });
         }
-        Ok(added)
+        Ok(rules)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `redis`: redis-server processes.
 //! - `peers`: the other real MTAs of `scripts/peers/` (Exim, Sendmail, Postfix with SASL), a
 //!   test CA and a TCP tap.
+//! - `slapd`: private OpenLDAP servers (list sizes from LDAP groups).
 //! - `clients`: swaks, Python's smtplib, raw sockets for crafted bytes.
 //! - `storm`: a reply-all storm sent through a proxy.
 //! - `http`: plain HTTP/1.1 requests to the admin API, and Python's helpers for it.
@@ -22,6 +23,7 @@ pub mod peers;
 pub mod postfix;
 pub mod redis;
 pub mod sink;
+pub mod slapd;
 pub mod storm;
 pub mod stormbreaker;
 pub mod wait;
