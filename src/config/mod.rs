@@ -70,15 +70,17 @@ impl Config {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        config.validate(text).map_err(|(key, message)| ConfigError {
-            file: path.to_path_buf(),
-            // A required key whose section is absent altogether (today only
-            // [upstream] address): point at what requires it, the proxy's listen line.
-            line: validate::key_line(text, &key)
-                .or_else(|| validate::key_line(text, "proxy.listen")),
-            key: Some(key),
-            message,
-        })?;
+        config
+            .validate(text)
+            .map_err(|(key, message)| ConfigError {
+                file: path.to_path_buf(),
+                // A required key whose section is absent altogether (today only
+                // [upstream] address): point at what requires it, the proxy's listen line.
+                line: validate::key_line(text, &key)
+                    .or_else(|| validate::key_line(text, "proxy.listen")),
+                key: Some(key),
+                message,
+            })?;
         Ok(config)
     }
 
