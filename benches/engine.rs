@@ -2,9 +2,12 @@
 //! `cargo bench --bench engine -- --warm-up-time 1 --measurement-time 3`
 //!
 //! - decide/*: decisions per second on the in-process store, with pre-parsed headers (counting
-//!   path and held path) and with the raw header block parsed each time.
+//!   path, held path, and another copy of a message already decided) and with the raw header
+//!   block parsed each time (a reply to a list, and one part of a reply to 150 people split by
+//!   its sending MTA, decided by its headers' audience).
 //! - parse/*: header parse + fingerprint of a 4 KB message against a plain mail-parser parse of
-//!   the same message, and a header block with 5,000 addresses in To/Cc.
+//!   the same message and against the fingerprint without To/Cc (what header-audience counting
+//!   costs), and header blocks with 150 and 5,000 addresses in To/Cc.
 //! - Before the benches (only under `cargo bench`): bytes per tracked thread, from the RSS
 //!   growth of a store that tracks 1,000,000 threads.
 
@@ -17,7 +20,7 @@ use stormbreaker::config::Config;
 use stormbreaker::engine::Engine;
 use stormbreaker::envelope::{Envelope, Recipient};
 use stormbreaker::fingerprint::{self, ThreadKey, ThreadKeys};
-use stormbreaker::store::{MemoryStore, ObserveRequest, StateStore};
+use stormbreaker::store::{Counter, MemoryStore, ObserveRequest, StateStore};
 
 const T0: u64 = 1_700_000_000_000;
 const THREADS: usize = 10_000;
@@ -75,8 +78,8 @@ fn message_4k() -> (String, usize) {
     (h, header_len)
 }
 
-/// A header block with 5,000 addresses in To and Cc.
-fn header_heavy() -> String {
+/// A header block with `n` addresses in To and Cc.
+fn header_with_addresses(n: usize) -> String {
     let addrs = |n: std::ops::Range<usize>| {
         n.map(|i| format!("\"Person {i}\" <person{i}@corp.test>"))
             .collect::<Vec<_>>()
@@ -84,10 +87,25 @@ fn header_heavy() -> String {
     };
     format!(
         "From: someone@corp.test\r\nTo: {}\r\nCc: {}\r\n{}",
-        addrs(0..2500),
-        addrs(2500..5000),
+        addrs(0..n / 2),
+        addrs(n / 2..n),
         reply_headers(2)
     )
+}
+
+/// The engine's parser as it was before headers counted for the audience: the thread headers
+/// only, To and Cc skipped.
+fn parser_without_audience() -> MessageParser {
+    use mail_parser::HeaderName;
+    MessageParser::new()
+        .header_id(HeaderName::MessageId)
+        .header_id(HeaderName::InReplyTo)
+        .header_id(HeaderName::References)
+        .header_text(HeaderName::Subject)
+        .header_address(HeaderName::From)
+        .header_text(HeaderName::Other("Thread-Topic".into()))
+        .header_raw(HeaderName::Other("Thread-Index".into()))
+        .default_header_ignore()
 }
 
 fn bench_decide(c: &mut Criterion) {
@@ -102,14 +120,29 @@ fn bench_decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     g.throughput(Throughput::Elements(1));
 
-    // Counting path: wide replies spread over 10,000 threads, none trips.
-    let counting = engine("trip_replies = 1000000\nfast_audience = 0");
+    // Counting path: wide replies spread over 10,000 threads, none trips. The clock moves
+    // 100 ms per decision, so a thread's message comes round again after 1,000 s, past the
+    // copies window: every decision counts a new message (and records it for its copies).
+    let counting = engine("trip_replies = 100\nfast_audience = 0");
     let mut i = 0u64;
     g.bench_function("preparsed_counting", |b| {
         b.to_async(&rt).iter(|| {
             i += 1;
             let k = &keys[i as usize % THREADS];
-            counting.decide_keys(&env, k, T0 + i / 1000)
+            counting.decide_keys(&env, k, T0 + i * 100)
+        })
+    });
+    // Another copy of a message just decided (a split message's next transaction).
+    let copies = engine("trip_replies = 100\nfast_audience = 0");
+    for (t, k) in keys.iter().enumerate() {
+        rt.block_on(copies.decide_keys(&env, k, T0 + t as u64));
+    }
+    let mut i = 0u64;
+    g.bench_function("preparsed_copy", |b| {
+        b.to_async(&rt).iter(|| {
+            i += 1;
+            let k = &keys[i as usize % THREADS];
+            copies.decide_keys(&env, k, T0 + 20_000)
         })
     });
     // Held path: every thread tripped by hand first.
@@ -122,7 +155,7 @@ fn bench_decide(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i += 1;
             let k = &keys[i as usize % THREADS];
-            held.decide_keys(&env, k, T0 + i / 1000)
+            held.decide_keys(&env, k, T0 + i * 10)
         })
     });
     // Narrow audience: the common case, decided without parsing.
@@ -140,7 +173,31 @@ fn bench_decide(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i += 1;
             let h = &raw[i as usize % THREADS];
-            counting.decide(&env, h.as_bytes(), T0 + i / 1000)
+            counting.decide(&env, h.as_bytes(), T0 + 2_000_000_000 + i * 100)
+        })
+    });
+    // One part (50 of 150 people) of a split reply: wide by the To/Cc its headers name.
+    let split = engine("wide_audience = 120\ntrip_replies = 100\nfast_audience = 0");
+    let heads: Vec<String> = (0..1000)
+        .map(|t| header_with_addresses(150).replace("r2x@", &format!("s{t}@")))
+        .collect();
+    let part = Envelope {
+        rcpts: (100..150)
+            .map(|i| Recipient::plain(&format!("person{i}@corp.test")))
+            .collect(),
+        ..env.clone()
+    };
+    assert_eq!(
+        rt.block_on(split.decide(&part, heads[0].as_bytes(), T0))
+            .hold,
+        None
+    );
+    let mut i = 0u64;
+    g.bench_function("raw_split_part_150_to_cc", |b| {
+        b.to_async(&rt).iter(|| {
+            i += 1;
+            let h = &heads[i as usize % heads.len()];
+            split.decide(&part, h.as_bytes(), T0 + i * 1000)
         })
     });
     g.finish();
@@ -148,7 +205,9 @@ fn bench_decide(c: &mut Criterion) {
 
 fn bench_parse(c: &mut Criterion) {
     let (message, header_len) = message_4k();
-    let heavy = header_heavy();
+    let heavy = header_with_addresses(5000);
+    let medium = header_with_addresses(150);
+    let without = parser_without_audience();
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
     g.bench_function(BenchmarkId::new("mail_parser_full", "4k"), |b| {
@@ -170,6 +229,26 @@ fn bench_parse(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("fingerprint", "4k"), |b| {
         b.iter(|| fingerprint::parse_headers(black_box(&message.as_bytes()[..header_len])))
     });
+    g.bench_function(BenchmarkId::new("fingerprint_without_to_cc", "4k"), |b| {
+        b.iter(|| {
+            without
+                .parse_headers(black_box(&message.as_bytes()[..header_len]))
+                .map(|m| fingerprint::thread_keys(&m))
+        })
+    });
+    g.bench_function(BenchmarkId::new("fingerprint", "150_addresses"), |b| {
+        b.iter(|| fingerprint::parse_headers(black_box(medium.as_bytes())))
+    });
+    g.bench_function(
+        BenchmarkId::new("fingerprint_without_to_cc", "150_addresses"),
+        |b| {
+            b.iter(|| {
+                without
+                    .parse_headers(black_box(medium.as_bytes()))
+                    .map(|m| fingerprint::thread_keys(&m))
+            })
+        },
+    );
     g.bench_function(
         BenchmarkId::new("mail_parser_headers", "5000_addresses"),
         |b| {
@@ -184,12 +263,24 @@ fn bench_parse(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("fingerprint", "5000_addresses"), |b| {
         b.iter(|| fingerprint::parse_headers(black_box(heavy.as_bytes())))
     });
+    g.bench_function(
+        BenchmarkId::new("fingerprint_without_to_cc", "5000_addresses"),
+        |b| {
+            b.iter(|| {
+                without
+                    .parse_headers(black_box(heavy.as_bytes()))
+                    .map(|m| fingerprint::thread_keys(&m))
+            })
+        },
+    );
     g.finish();
+    let heavy_keys = fingerprint::parse_headers(heavy.as_bytes());
     assert_eq!(
-        fingerprint::parse_headers(heavy.as_bytes()).keys.len(),
+        heavy_keys.keys.len(),
         3,
         "the heavy message still fingerprints (GUID, root id, subject)"
     );
+    assert_eq!(heavy_keys.to_cc.len(), 5000, "and counts its audience");
 }
 
 fn rss_bytes() -> u64 {
@@ -225,12 +316,17 @@ fn measure_memory() {
     let before = rss_bytes();
     for i in 0..N {
         let key = [ThreadKey::new(&format!("mid:{i}@flood.test"))];
-        let req = ObserveRequest {
+        let counters = [Counter {
             keys: &key,
-            sender: i as u32,
             rule: Rule::Replies,
-            fast: false,
             limits,
+        }];
+        let req = ObserveRequest {
+            counters: &counters,
+            sender: i as u32,
+            fast: false,
+            sender_cap: 10,
+            message: None,
             now_ms: T0 + i as u64,
         };
         rt.block_on(store.observe(&req)).unwrap();
@@ -239,11 +335,11 @@ fn measure_memory() {
     assert_eq!(store.len(), N);
     println!(
         "memory: {} threads tracked, RSS +{:.1} MiB, {:.0} bytes per tracked thread \
-         (ThreadState {} bytes + key 8)",
+         (StormState {} bytes, plus its label, one sender and the table)",
         store.len(),
         (after - before) as f64 / 1048576.0,
         (after - before) as f64 / N as f64,
-        std::mem::size_of::<stormbreaker::breaker::ThreadState>()
+        std::mem::size_of::<stormbreaker::breaker::StormState>()
     );
 }
 

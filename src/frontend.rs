@@ -38,7 +38,23 @@ pub trait Decider: Send + Sync {
     /// The verdict for a message; `headers` is its header block (through the empty line).
     fn decide<'a>(&'a self, envelope: &'a Envelope, headers: &'a [u8], now_ms: u64)
     -> Deciding<'a>;
+
+    /// `decide`, and the header line that marks a message let through as decided already
+    /// (`mark.rs`), for a front end that relays the message on to an MTA that may ask
+    /// stormbreaker again (the proxy). None by default.
+    fn decide_and_mark<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        headers: &'a [u8],
+        now_ms: u64,
+    ) -> DecidingMarked<'a> {
+        let deciding = self.decide(envelope, headers, now_ms);
+        Box::pin(async move { (deciding.await, None) })
+    }
 }
+
+/// What `Decider::decide_and_mark` returns.
+pub type DecidingMarked<'a> = Pin<Box<dyn Future<Output = (Verdict, Option<String>)> + Send + 'a>>;
 
 impl Decider for Engine {
     fn could_hold(&self, envelope: &Envelope) -> bool {
@@ -52,6 +68,18 @@ impl Decider for Engine {
         now_ms: u64,
     ) -> Deciding<'a> {
         Box::pin(Engine::decide(self, envelope, headers, now_ms))
+    }
+
+    fn decide_and_mark<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        headers: &'a [u8],
+        now_ms: u64,
+    ) -> DecidingMarked<'a> {
+        Box::pin(async move {
+            let d = Engine::decide_message(self, envelope, headers, now_ms).await;
+            (d.verdict, d.stamp)
+        })
     }
 }
 

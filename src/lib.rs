@@ -23,6 +23,7 @@ pub mod fingerprint;
 pub mod frontend;
 pub mod lists;
 pub mod logging;
+pub mod mark;
 pub mod milter;
 pub mod notify;
 pub mod proxy;

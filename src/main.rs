@@ -81,12 +81,17 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum BreakerCommand {
-    /// Breakers open now, as JSON.
+    /// Breakers open now, as JSON: each storm's id (the key that started it), its other keys,
+    /// rule, phase, times and counts.
     List,
-    /// Open a thread's breaker by hand: a key starting with tidx:, mid:, subj: or metoo:,
-    /// e.g. `subj:quarterly results` or `mid:id@host` (no angle brackets).
+    /// Open a storm's breaker by hand; a key no message has had yet starts one, so a thread can
+    /// be stopped before it storms. KEY: 'subj:Quarterly results' (reply prefixes are
+    /// stripped), mid:budget-2027@corp.test (a Message-ID, brackets optional), tidx:GUID (32 hex
+    /// digits of an Outlook Thread-Index), wave:all@corp.test, or a storm id from `list`.
+    /// Anything else is refused (exit 2).
     Trip { key: String },
-    /// Close a thread's breaker and forget its counts.
+    /// Close the breaker of the storm KEY belongs to (its id or any of its keys) and forget its
+    /// counts: every hold of the storm stops. A key no storm has is refused (exit 2).
     Reset { key: String },
 }
 
@@ -100,11 +105,20 @@ fn breaker(config: &Config, command: BreakerCommand) -> anyhow::Result<ExitCode>
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let (status, body) = runtime.block_on(client.request(method, &path))?;
-    println!("{}", body.trim_end());
-    Ok(if status == 200 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(match status {
+        200 => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        // A key that is not one, or that no storm has: the administrator's mistake.
+        400 | 404 => {
+            eprint!("stormbreaker breaker: {}", error_text(&body));
+            ExitCode::from(2)
+        }
+        _ => {
+            eprint!("stormbreaker breaker: {}", error_text(&body));
+            ExitCode::FAILURE
+        }
     })
 }
 
@@ -122,6 +136,15 @@ fn replay(
         stormbreaker::replay::print_text(&report, &mut out)?;
     }
     Ok(())
+}
+
+/// The `error` of the admin API's JSON answer, or the answer itself.
+fn error_text(body: &str) -> String {
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    format!("{text}\n")
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {

@@ -110,6 +110,30 @@ impl AlertRates {
         }
     }
 
+    /// A breaker brought back after a restart: its opening was told before, so holds on it
+    /// raise no second alert (updates follow at `interval` as usual).
+    pub fn restored(&mut self, thread: &str, opened_at_ms: u64, now_ms: u64) {
+        self.threads
+            .entry(thread.to_string())
+            .or_insert_with(|| ThreadAlerts {
+                opened_at_ms,
+                last_sent_ms: now_ms,
+                last_activity_ms: now_ms,
+                held: 0,
+                hold: Hold {
+                    thread: thread.to_string(),
+                    list: None,
+                    audience: 0,
+                    breaker: "restored",
+                    replies: 0,
+                    senders: 0,
+                    reason: String::new(),
+                    action: crate::config::HoldAction::default(),
+                },
+                senders_told: HashSet::new(),
+            });
+    }
+
     /// A message was held on `hold.thread`.
     pub fn message_held(&mut self, envelope: &Envelope, hold: &Hold, now_ms: u64) -> Vec<Outgoing> {
         let mut out = Vec::new();
@@ -248,6 +272,11 @@ impl Notifier {
     pub fn breaker_opened(&self, hold: &Hold, now_ms: u64) {
         let out = self.rates().breaker_opened(hold, now_ms);
         self.send_all(out, now_ms);
+    }
+
+    /// Call for each breaker restored at start (see `AlertRates::restored`).
+    pub fn restored(&self, thread: &str, opened_at_ms: u64) {
+        self.rates().restored(thread, opened_at_ms, crate::now_ms());
     }
 
     /// Call after a message was committed to the quarantine. With `breaker_opened` for the
@@ -640,6 +669,8 @@ mod tests {
             action: None,
             fast_senders: None,
             me_too_messages: None,
+            wave_senders: None,
+            wave_window: None,
         });
         let target = crate::proxy::session::upstream_target(&c).unwrap();
         let n = Notifier::new(&c, Path::new("/etc/stormbreaker/policy.toml"), target);

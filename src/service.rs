@@ -53,6 +53,32 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
     let notifier = Arc::new(Notifier::new(&config, config_path, target));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The in-process store forgets open breakers with the process: take them back from the
+    // snapshot and the held mail, and keep the snapshot current.
+    let snapshot_path = crate::store::snapshot::path(&config.quarantine.dir);
+    let keeps_snapshot = engine.snapshot(crate::now_ms()).is_some();
+    let mut snapshot_task = None;
+    if keeps_snapshot {
+        let held = quarantine.scan().map(|s| s.held).unwrap_or_default();
+        let now = crate::now_ms();
+        let (from_file, from_held) =
+            crate::store::snapshot::restore(&engine, &held, &snapshot_path, now);
+        if from_file + from_held > 0 {
+            tracing::warn!(
+                from_snapshot = from_file,
+                from_held_mail = from_held,
+                "open breakers restored"
+            );
+        }
+        for breaker in engine.open_breakers(now).await {
+            notifier.restored(&breaker.key, breaker.opened_at_ms);
+        }
+        snapshot_task = Some(tokio::spawn(crate::store::snapshot::run(
+            engine.clone(),
+            snapshot_path.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tokio::spawn(engine.lists().clone().run(stop_rx.clone()));
     tokio::spawn(crate::quarantine::expiry::run(
@@ -124,6 +150,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         done??;
+    }
+    if let Some(task) = snapshot_task {
+        let _ = task.await;
+        let mut last = Vec::new();
+        match crate::store::snapshot::save(&engine, &snapshot_path, &mut last) {
+            Ok(()) => tracing::info!(path = %snapshot_path.display(), "breaker snapshot written"),
+            Err(e) => tracing::error!(error = %e, "breaker snapshot not written at shutdown"),
+        }
     }
     // Alerts already decided go out before the process ends.
     let (sent, failed) = notifier.flush().await;
@@ -253,6 +287,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(
         "upstream.pool_size",
         old.upstream.pool_size != new.upstream.pool_size,
+    );
+    check("mark.key_file", old.mark.key_file != new.mark.key_file);
+    check(
+        "policy.max_threads",
+        old.policy.max_threads != new.policy.max_threads,
     );
     changed
 }

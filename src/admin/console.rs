@@ -1,12 +1,9 @@
 //! What the web console shows: storms, built from what exists today (open breakers and the
 //! quarantine's records), held mail per storm with search, and the storm report (CSV).
 //!
-//! A storm is one breaker entry today: its id is the thread key (`mid:…`, `subj:…`, …) of an
-//! open breaker or of held messages. Only [`storm_of_breaker`] and [`storm_of_held`] know that;
-//! everything else (the API, the page, the report) deals in a storm id and its `keys`. When
-//! breakers and held records carry a storm id that joins several thread keys, those two
-//! functions return it, `keys` lists every thread key (reset and trip act on each), and
-//! nothing else changes.
+//! A storm's id is the key that started it (`mid:…`, `subj:…`, `tidx:…`, `wave:…`); open
+//! breakers and held records carry it, with the storm's other keys (`BreakerStatus::keys`,
+//! `HeldMeta::keys`), which `keys` lists. A trip or reset of any of them acts on the storm.
 //!
 //! The engine keeps no per-minute history, so the timeline counts what the quarantine holds:
 //! each held (or released) message by the minute it was held. Replies that went through
@@ -34,31 +31,21 @@ pub fn storm_of_held(meta: &HeldMeta) -> String {
     meta.thread.clone()
 }
 
-/// A thread key an administrator may trip: a known prefix and something after it.
+/// A key an administrator may trip or reset (`fingerprint::parse_key`: a known prefix and a
+/// well-formed value).
 pub fn check_thread_key(key: &str) -> Result<(), String> {
-    let key = key.trim();
-    let known = ["tidx:", "mid:", "subj:", "metoo:"];
-    let Some(rest) = known.iter().find_map(|p| key.strip_prefix(p)) else {
-        return Err(format!(
-            "{key:?} is not a thread key: it starts with tidx:, mid:, subj: or metoo: \
-             (e.g. `subj:quarterly results`, `mid:id@host`)"
-        ));
-    };
-    if rest.trim().is_empty() {
-        return Err(format!("{key:?} names no thread after its prefix"));
-    }
-    if key.starts_with("mid:") && (rest.starts_with('<') || rest.ends_with('>')) {
-        return Err(format!(
-            "{key:?}: write a Message-ID key without angle brackets, e.g. mid:id@host"
-        ));
-    }
-    Ok(())
+    crate::fingerprint::parse_key(key).map(drop)
 }
 
 /// One breaker of a storm, for people: times in RFC 3339 as well as milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakerView {
+    /// The storm's id: the key that started it.
+    pub id: String,
+    /// Kept under its old name for scripts that read `breaker list`.
     pub key: String,
+    /// The storm's other keys.
+    pub keys: Vec<String>,
     /// The rule that opened it: replies, fast, me-too, manual.
     pub breaker: &'static str,
     /// open or half-open.
@@ -76,7 +63,9 @@ pub struct BreakerView {
 impl From<&BreakerStatus> for BreakerView {
     fn from(b: &BreakerStatus) -> Self {
         BreakerView {
+            id: b.key.clone(),
             key: b.key.clone(),
+            keys: b.keys.clone(),
             breaker: b.breaker,
             phase: match b.phase {
                 crate::breaker::Phase::HalfOpen => "half-open",
@@ -233,12 +222,18 @@ pub fn storms(breakers: &[BreakerStatus], held: &[HeldMeta], released: &[HeldMet
     for b in breakers {
         let acc = by_id.entry(storm_of_breaker(b)).or_default();
         acc.key(&b.key);
+        for k in &b.keys {
+            acc.key(k);
+        }
         acc.breakers.push(b);
     }
     for (list, is_held) in [(held, true), (released, false)] {
         for m in list {
             let acc = by_id.entry(storm_of_held(m)).or_default();
             acc.key(&m.thread);
+            for k in &m.keys {
+                acc.key(k);
+            }
             acc.messages.push((m, is_held));
         }
     }
@@ -431,6 +426,7 @@ mod tests {
             message_id: Some(format!("<{id}@corp.test>")),
             subject: Some("RE: Budget".into()),
             thread: thread.into(),
+            keys: vec![thread.into()],
             list: Some("all@corp.test".into()),
             audience,
             breaker: "replies".into(),
@@ -444,6 +440,7 @@ mod tests {
     fn breaker(key: &str, phase: Phase) -> BreakerStatus {
         BreakerStatus {
             key: key.into(),
+            keys: Vec::new(),
             breaker: "replies",
             phase,
             opened_at_ms: 1_000_000,
@@ -543,7 +540,10 @@ mod tests {
 
         assert!(check_thread_key("subj:quarterly results").is_ok());
         assert!(check_thread_key("mid:a@b").is_ok());
-        assert!(check_thread_key("mid:<a@b>").is_err());
+        assert!(
+            check_thread_key("mid:<a@b>").is_ok(),
+            "brackets are dropped"
+        );
         assert!(check_thread_key("ref:<a@b>").is_err());
         assert!(check_thread_key("garbage").is_err());
         assert!(check_thread_key("subj: ").is_err());

@@ -516,6 +516,8 @@ async fn release(
         attempts: 1,
         retry_delay: Duration::from_secs(1),
         who: c.name.clone(),
+        // Marked as released, so a stormbreaker milter on the upstream does not hold it again.
+        mark: a.engine().mark_key().cloned(),
     };
     let target = a.shared.target.load_full();
     let mut results = Vec::with_capacity(req.ids.len());
@@ -598,29 +600,48 @@ struct KeyRequest {
     key: String,
 }
 
+/// A trip or reset the engine refused: a malformed key is the caller's (400), a failed state
+/// store is not (503).
+fn admin_error(e: crate::engine::AdminError) -> ApiError {
+    match e {
+        crate::engine::AdminError::BadKey(msg) => ApiError::new(StatusCode::BAD_REQUEST, msg),
+        crate::engine::AdminError::Store(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
 async fn trip_key(a: &Admin, c: &Caller, key: &str) -> Result<Response> {
-    console::check_thread_key(key).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    a.engine()
+    let storm = a
+        .engine()
         .try_trip(key, crate::now_ms())
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let label = crate::engine::admin_key(key).label;
-    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "trip", &label, "");
-    tracing::warn!(who = %c.name, client = %c.peer, thread = %label, "breaker tripped by hand");
-    Ok(Json(serde_json::json!({ "tripped": label })).into_response())
+        .map_err(admin_error)?;
+    let label = crate::fingerprint::normalize_key(key);
+    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "trip", &storm, &label);
+    tracing::warn!(who = %c.name, client = %c.peer, thread = %storm, key = %label, "breaker tripped by hand");
+    Ok(Json(serde_json::json!({ "tripped": label, "id": storm })).into_response())
 }
 
 async fn reset_key(a: &Admin, c: &Caller, key: &str) -> Result<Response> {
-    let existed = a
+    let label = crate::fingerprint::normalize_key(key);
+    let Some(storm) = a
         .engine()
-        .try_reset(key)
+        .try_reset(key, crate::now_ms())
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let label = crate::engine::admin_key(key).label;
-    let detail = if existed { "" } else { "no state for this key" };
-    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "reset", &label, detail);
-    tracing::warn!(who = %c.name, client = %c.peer, thread = %label, existed, "breaker reset by hand");
-    Ok(Json(serde_json::json!({ "reset": label, "existed": existed })).into_response())
+        .map_err(admin_error)?
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no storm has the key {label:?} (`breaker list` shows the open ones); nothing \
+                 was reset"
+            ),
+        ));
+    };
+    crate::quarantine::audit::record_breaker(a.quarantine.dir(), &c.name, "reset", &storm, &label);
+    tracing::warn!(who = %c.name, client = %c.peer, thread = %storm, key = %label, "breaker reset by hand");
+    Ok(Json(serde_json::json!({ "reset": label, "id": storm })).into_response())
 }
 
 async fn trip(
@@ -647,7 +668,7 @@ fn key_param(query: &HashMap<String, String>) -> Result<&str> {
     query
         .get("key")
         .map(String::as_str)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing ?key=THREAD_KEY"))
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing ?key=KEY"))
 }
 
 async fn legacy_trip(

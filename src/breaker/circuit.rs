@@ -6,15 +6,20 @@
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Rule {
-    /// `trip_replies` wide replies in the window.
+    /// Wide replies from `trip_replies` distinct senders in the window.
     #[default]
     Replies = 0,
     /// `fast_senders` distinct senders within `fast_window` to a very large audience.
     Fast = 1,
-    /// `me_too_messages` new wide messages with one subject to one audience.
+    /// New wide messages with one subject to one audience from `me_too_messages` senders.
     MeToo = 2,
     /// An administrator tripped it.
     Manual = 3,
+    /// New threads to one wide audience from `wave_senders` distinct senders in `wave_window`.
+    Wave = 4,
+    /// An automatic reply (out of office, RFC 3834) to a wide audience: held from the first,
+    /// never counted.
+    AutoReply = 5,
 }
 
 impl Rule {
@@ -25,7 +30,23 @@ impl Rule {
             Rule::Fast => "fast",
             Rule::MeToo => "me-too",
             Rule::Manual => "manual",
+            Rule::Wave => "wave",
+            Rule::AutoReply => "auto-reply",
         }
+    }
+
+    /// The rule a name (`Rule::name`) stands for.
+    pub fn from_name(name: &str) -> Option<Rule> {
+        [
+            Rule::Replies,
+            Rule::Fast,
+            Rule::MeToo,
+            Rule::Manual,
+            Rule::Wave,
+            Rule::AutoReply,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
     }
 
     pub fn from_u8(v: u8) -> Rule {
@@ -33,6 +54,8 @@ impl Rule {
             1 => Rule::Fast,
             2 => Rule::MeToo,
             3 => Rule::Manual,
+            4 => Rule::Wave,
+            5 => Rule::AutoReply,
             _ => Rule::Replies,
         }
     }
@@ -47,6 +70,17 @@ pub enum Phase {
     HalfOpen,
 }
 
+impl Phase {
+    /// Open above half-open above closed: which of several storms a merge keeps.
+    pub fn rank(self) -> u8 {
+        match self {
+            Phase::Closed => 0,
+            Phase::HalfOpen => 1,
+            Phase::Open => 2,
+        }
+    }
+}
+
 /// Longest run of re-opens remembered (the block stops doubling long before).
 const MAX_STRIKES: u8 = 16;
 
@@ -59,11 +93,9 @@ pub struct Circuit {
     /// Re-opens in a row; each doubles the block.
     pub strikes: u8,
     pub rule: Rule,
-    /// Replies counted while half-open.
-    pub probe: u16,
 }
 
-/// Replies in half-open that re-open the breaker: half of the normal threshold (at least 1),
+/// Distinct senders in half-open that re-open the breaker: half of the threshold (at least 1),
 /// because a storm that resumes after its block is no longer a surprise.
 pub fn half_open_trip(trip: u32) -> u32 {
     trip.div_ceil(2).max(1)
@@ -79,6 +111,15 @@ impl Circuit {
     /// The phase at `now_s`; a breaker whose half-open time ran out quietly is closed here
     /// (`strikes` forgotten).
     pub fn phase(&mut self, now_s: u32, half_open_s: u32) -> Phase {
+        let phase = self.peek(now_s, half_open_s);
+        if phase == Phase::Closed && self.until != 0 {
+            *self = Circuit::default();
+        }
+        phase
+    }
+
+    /// The phase at `now_s`, changing nothing.
+    pub fn peek(&self, now_s: u32, half_open_s: u32) -> Phase {
         if self.until == 0 {
             Phase::Closed
         } else if now_s < self.until {
@@ -86,7 +127,6 @@ impl Circuit {
         } else if now_s < self.until.saturating_add(half_open_s) {
             Phase::HalfOpen
         } else {
-            *self = Circuit::default();
             Phase::Closed
         }
     }
@@ -98,7 +138,6 @@ impl Circuit {
             until: now_s.saturating_add(block_s),
             strikes: 0,
             rule,
-            probe: 0,
         };
     }
 
@@ -111,7 +150,6 @@ impl Circuit {
             until: now_s.saturating_add(block_after(strikes, block_s, max_block_s)),
             strikes,
             rule,
-            probe: 0,
         };
     }
 }
@@ -172,8 +210,16 @@ mod tests {
 
     #[test]
     fn rule_round_trips_through_u8() {
-        for r in [Rule::Replies, Rule::Fast, Rule::MeToo, Rule::Manual] {
+        for r in [
+            Rule::Replies,
+            Rule::Fast,
+            Rule::MeToo,
+            Rule::Manual,
+            Rule::Wave,
+            Rule::AutoReply,
+        ] {
             assert_eq!(Rule::from_u8(r as u8), r);
+            assert_eq!(Rule::from_name(r.name()), Some(r));
         }
         assert_eq!(Rule::from_u8(99), Rule::Replies);
     }

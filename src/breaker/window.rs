@@ -20,7 +20,11 @@ pub fn bucket_width(window_s: u32) -> u32 {
 impl Window {
     /// Moves the window to `now_s`, dropping buckets that fell out of it.
     fn advance(&mut self, now_s: u32, window_s: u32) {
-        let bucket = now_s / bucket_width(window_s);
+        self.advance_to(now_s / bucket_width(window_s));
+    }
+
+    /// Moves the newest bucket to bucket number `bucket`.
+    fn advance_to(&mut self, bucket: u32) {
         if bucket <= self.head {
             return;
         }
@@ -49,6 +53,27 @@ impl Window {
         let mut w = *self;
         w.advance(now_s, window_s);
         w.total(window_s)
+    }
+
+    /// Adds another window's counts (a storm merged into this one). Both are read as windows of
+    /// `window_s`: they are brought to the newer head, then added bucket by bucket.
+    pub fn merge(&mut self, other: &Window) {
+        let head = self.head.max(other.head);
+        self.advance_to(head);
+        let mut other = *other;
+        other.advance_to(head);
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+
+    /// The newest bucket's number and the bucket counts, for snapshots and Redis.
+    pub fn parts(&self) -> (u32, [u16; WINDOW_BUCKETS]) {
+        (self.head, self.counts)
+    }
+
+    pub fn from_parts(head: u32, counts: [u16; WINDOW_BUCKETS]) -> Window {
+        Window { counts, head }
     }
 
     /// Sum of the buckets the window spans (fewer than all for windows under
@@ -121,6 +146,28 @@ mod tests {
         w.add(T0, 3);
         w.add(T0 + 7, 3);
         assert_eq!(w.count(T0 + 7, 3), 1);
+    }
+
+    #[test]
+    fn merging_aligns_the_heads_and_adds() {
+        let mut a = Window::default();
+        a.add(T0, HOUR); // bucket 0
+        a.add(T0 + 450, HOUR); // bucket 1
+        let mut b = Window::default();
+        b.add(T0 + 450, HOUR);
+        b.add(T0 + 900, HOUR); // bucket 2
+        b.add(T0 + 900, HOUR);
+        a.merge(&b);
+        assert_eq!(a.count(T0 + 900, HOUR), 5);
+        // Buckets too old for the merged window are dropped, not added.
+        let mut old = Window::default();
+        old.add(T0, HOUR);
+        let mut new = Window::default();
+        new.add(T0 + 2 * HOUR, HOUR);
+        new.merge(&old);
+        assert_eq!(new.count(T0 + 2 * HOUR, HOUR), 1);
+        let (head, counts) = new.parts();
+        assert_eq!(Window::from_parts(head, counts), new);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub mark: MarkConfig,
 }
 
 pub use crate::smtp::data::BareNewline;
@@ -280,9 +282,19 @@ pub enum HoldAction {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// A message is wide when its weighted fan-out reaches this many people.
+    /// A message is wide when its weighted fan-out reaches this many people: the wider of its
+    /// envelope's recipients and the To/Cc addresses of its headers (lists counted by members).
     pub wide_audience: u64,
-    /// Wide replies in one thread within `window` that open its breaker.
+    /// Transactions with at least this many envelope recipients (lists counted by members) are
+    /// decided with their headers; fewer are delivered unread (the proxy relays them at once,
+    /// the milter accepts them at DATA). A message split by its sending MTA into transactions
+    /// of this size or more is counted whole; a smaller last part passes. 1 reads every message.
+    pub header_audience_from: u64,
+    /// Transactions of one message (same Message-ID and envelope sender) within this long are
+    /// one message: one verdict for all of them, counted once.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub copies_window: Duration,
+    /// Distinct people replying widely in one thread within `window` that open its breaker.
     pub trip_replies: u32,
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub window: Duration,
@@ -299,9 +311,19 @@ pub struct PolicyConfig {
     pub fast_senders: u32,
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub fast_window: Duration,
-    /// "Me too" storms: new (non-reply) wide messages with the same normalised subject to the
-    /// same audience. 0 turns it off.
+    /// "Me too" storms: distinct people sending new (non-reply) wide messages with the same
+    /// normalised subject to the same audience. 0 turns it off.
     pub me_too_messages: u32,
+    /// Waves: distinct people starting new threads (any subject) to the same wide audience
+    /// within `wave_window` that open the audience's wave breaker. 0 turns it off.
+    pub wave_senders: u32,
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub wave_window: Duration,
+    /// Senders whose new messages waves neither count nor hold (announcement senders).
+    pub wave_exempt_senders: Vec<String>,
+    /// Hold automatic replies (out of office: `Auto-Submitted`, `X-Autoreply`,
+    /// `Precedence: auto_reply/bulk/junk`) to a wide audience from the first.
+    pub hold_auto_replies: bool,
     /// Envelope senders never counted nor held (the alert sender is always exempt).
     pub exempt_senders: Vec<String>,
     /// Most threads tracked at once; the oldest are forgotten first beyond it.
@@ -314,6 +336,8 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             wide_audience: 2500,
+            header_audience_from: 2,
+            copies_window: Duration::from_secs(10 * 60),
             trip_replies: 10,
             window: Duration::from_secs(3600),
             block_for: Duration::from_secs(6 * 3600),
@@ -323,6 +347,10 @@ impl Default for PolicyConfig {
             fast_senders: 5,
             fast_window: Duration::from_secs(5 * 60),
             me_too_messages: 10,
+            wave_senders: 10,
+            wave_window: Duration::from_secs(15 * 60),
+            wave_exempt_senders: Vec::new(),
+            hold_auto_replies: true,
             exempt_senders: Vec::new(),
             max_threads: 1_000_000,
             lists_file: None,
@@ -364,6 +392,16 @@ pub struct ListConfig {
     pub fast_senders: Option<u32>,
     #[serde(default)]
     pub me_too_messages: Option<u32>,
+    /// 0 exempts the list from waves.
+    #[serde(default)]
+    pub wave_senders: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub wave_window: Option<Duration>,
 }
 
 /// Map types `postmap -s` can list (after an optional `proxy:`).
@@ -705,6 +743,65 @@ pub struct AdminConfig {
     /// and group only. Without it the console and API answer loopback clients only, as
     /// "anonymous". /metrics, /health and /ready never ask for a token.
     pub token_file: Option<PathBuf>,
+}
+
+/// The signed mark of a decision already made (`X-Stormbreaker-Mark`, see `mark.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarkConfig {
+    /// The secret (made at first start when missing); `mark.key` in the quarantine folder when
+    /// unset. Give a proxy and a milter on different hosts the same file.
+    pub key_file: Option<PathBuf>,
+    /// The proxy adds the mark to mail it relays after counting it, so that a milter on the
+    /// upstream MTA does not count it again.
+    pub stamp: bool,
+}
+
+impl Default for MarkConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            stamp: true,
+        }
+    }
+}
+
+impl Config {
+    /// Where the mark secret lives.
+    pub fn mark_key_path(&self) -> PathBuf {
+        self.mark
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.quarantine.dir.join("mark.key"))
+    }
+
+    /// The largest sender threshold any rule or list uses: how many senders a storm keeps.
+    pub fn sender_threshold(&self) -> u32 {
+        let p = &self.policy;
+        let mut max = p
+            .trip_replies
+            .max(p.me_too_messages)
+            .max(p.wave_senders)
+            .max(if p.fast_audience > 0 {
+                p.fast_senders
+            } else {
+                0
+            });
+        for l in &self.lists {
+            for v in [
+                l.trip_replies,
+                l.fast_senders,
+                l.me_too_messages,
+                l.wave_senders,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                max = max.max(v);
+            }
+        }
+        max
+    }
 }
 
 /// Parses "60m", "6h", "14d", "1h 30m", "250ms".

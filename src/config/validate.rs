@@ -190,7 +190,7 @@ impl Config {
         if self.policy.max_block < self.policy.block_for {
             return fail("policy.max_block", "must be at least policy.block_for");
         }
-        let slots = crate::breaker::SENDER_SLOTS as u32;
+        let slots = crate::breaker::MAX_SENDER_THRESHOLD;
         if self.policy.fast_audience > 0 && !(1..=slots).contains(&self.policy.fast_senders) {
             return fail(
                 "policy.fast_senders",
@@ -198,6 +198,41 @@ impl Config {
                     "must be 1 to {slots} (or set fast_audience = 0 to turn the fast trip off)"
                 ),
             );
+        }
+        // Storms keep as many senders as the largest threshold: bounded, so a storm stays small.
+        for (key, value) in [
+            ("policy.trip_replies", self.policy.trip_replies),
+            ("policy.me_too_messages", self.policy.me_too_messages),
+            ("policy.wave_senders", self.policy.wave_senders),
+        ] {
+            if value > slots {
+                return fail(
+                    key,
+                    &format!("must be at most {slots} (distinct senders a storm keeps)"),
+                );
+            }
+        }
+        if self.policy.header_audience_from == 0 {
+            return fail(
+                "policy.header_audience_from",
+                "must be at least 1 (1 reads the headers of every message)",
+            );
+        }
+        for (key, value) in [
+            ("policy.copies_window", self.policy.copies_window),
+            ("policy.wave_window", self.policy.wave_window),
+        ] {
+            if value < std::time::Duration::from_secs(1) {
+                return fail(key, "must be at least 1s");
+            }
+        }
+        for (i, sender) in self.policy.wave_exempt_senders.iter().enumerate() {
+            if sender.trim().is_empty() || sender.trim().contains(char::is_whitespace) {
+                return fail(
+                    &format!("policy.wave_exempt_senders[{i}]"),
+                    &format!("{sender:?} is not an email address"),
+                );
+            }
         }
         for (i, list) in self.lists.iter().enumerate() {
             if !list.address.contains('@') {
@@ -218,7 +253,23 @@ impl Config {
                     &format!("must be 1 to {slots}"),
                 );
             }
-            for (key, value) in [("window", list.window), ("block_for", list.block_for)] {
+            for (key, value) in [
+                ("trip_replies", list.trip_replies),
+                ("me_too_messages", list.me_too_messages),
+                ("wave_senders", list.wave_senders),
+            ] {
+                if value.is_some_and(|n| n > slots) {
+                    return fail(
+                        &format!("lists[{i}].{key}"),
+                        &format!("must be at most {slots} (distinct senders a storm keeps)"),
+                    );
+                }
+            }
+            for (key, value) in [
+                ("window", list.window),
+                ("block_for", list.block_for),
+                ("wave_window", list.wave_window),
+            ] {
                 if value.is_some_and(|d| d.is_zero()) {
                     return fail(&format!("lists[{i}].{key}"), "must be longer than 0s");
                 }

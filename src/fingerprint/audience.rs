@@ -1,7 +1,10 @@
-//! Audience: the weighted fan-out of an envelope. Each recipient counts 1, except a known
+//! Audience: the weighted fan-out of a message. Each recipient counts 1, except a known
 //! distribution list, which counts its members: the proxy sees one RCPT before the MTA expands it
 //! into 91,053 people. Lists are declared (`[[lists]]`, `lists_file`) or read from the MTA's
-//! alias maps and the directory (`crate::lists`), which builds and swaps this table.
+//! alias maps and the directory (`crate::lists`), which builds and swaps this table. A message
+//! has two audiences, its envelope's (this transaction's recipients) and its headers' (the To
+//! and Cc addresses it names, which every transaction of a message split by the sending MTA
+//! carries whole); the engine takes the wider.
 
 use super::{hash_bytes, hash_lowercase};
 use crate::config::HoldAction;
@@ -23,6 +26,9 @@ pub struct ListRule {
     pub action: Option<HoldAction>,
     pub fast_senders: Option<u32>,
     pub me_too_messages: Option<u32>,
+    /// 0 exempts the list from waves.
+    pub wave_senders: Option<u32>,
+    pub wave_window: Option<Duration>,
 }
 
 /// Lists by address (case-insensitive).
@@ -138,14 +144,47 @@ impl Audience {
     }
 }
 
+impl Audience {
+    /// The wider of two audiences of one message (its envelope's and its headers'): the larger
+    /// weight and its fingerprint (the headers' on a tie: every copy of a split message has the
+    /// same), the larger declared list of both, exempt when either names an exempt list.
+    pub fn widest(self, headers: Audience, table: &ListTable) -> Audience {
+        let members = |a: &Audience| a.list.map_or(0, |i| table.lists[i].members);
+        let (wide, other) = if headers.weight >= self.weight {
+            (headers, self)
+        } else {
+            (self, headers)
+        };
+        Audience {
+            list: if members(&other) > members(&wide) {
+                other.list
+            } else {
+                wide.list
+            },
+            exempt: wide.exempt || other.exempt,
+            ..wide
+        }
+    }
+}
+
 /// Weighs an envelope's recipients. Duplicate recipients (any case) count once.
 pub fn audience(rcpts: &[Recipient], lists: &ListTable) -> Audience {
     let mut hashes: Vec<u64> = rcpts.iter().map(|r| hash_lowercase(&r.address)).collect();
     hashes.sort_unstable();
     hashes.dedup();
+    weigh(&hashes, lists)
+}
+
+/// Weighs the addresses a message's headers name (`ThreadKeys::to_cc`: hashed, sorted, distinct).
+pub fn header_audience(to_cc: &[u64], lists: &ListTable) -> Audience {
+    weigh(to_cc, lists)
+}
+
+/// Weighs sorted, distinct address hashes.
+fn weigh(hashes: &[u64], lists: &ListTable) -> Audience {
     let mut out = Audience::default();
     let mut largest = 0;
-    for &h in &hashes {
+    for &h in hashes {
         match lists.by_address.get(&h) {
             Some(&i) => {
                 let list = &lists.lists[i];
@@ -160,7 +199,7 @@ pub fn audience(rcpts: &[Recipient], lists: &ListTable) -> Audience {
         }
     }
     let mut bytes = Vec::with_capacity(hashes.len() * 8);
-    for h in &hashes {
+    for h in hashes {
         bytes.extend_from_slice(&h.to_le_bytes());
     }
     out.fingerprint = hash_bytes(&bytes);
@@ -224,6 +263,41 @@ mod tests {
         assert_eq!(a.fingerprint, b.fingerprint);
         let c = audience(&rcpts(&["b@x", "c@x"]), &t);
         assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn the_wider_audience_wins_and_lists_and_exemptions_carry_over() {
+        let t = table();
+        let hashed = |addrs: &[&str]| {
+            let mut h: Vec<u64> = addrs.iter().map(|a| hash_lowercase(a)).collect();
+            h.sort_unstable();
+            h.dedup();
+            h
+        };
+        // A split transaction: 2 of the 4 people the headers name.
+        let env = audience(&rcpts(&["a@x", "b@x"]), &t);
+        let hdr = header_audience(&hashed(&["a@x", "b@x", "c@x", "D@X"]), &t);
+        let w = env.widest(hdr, &t);
+        assert_eq!(w.weight, 4);
+        assert_eq!(w.fingerprint, hdr.fingerprint);
+        // The other half has the same fingerprint: one audience.
+        let other = audience(&rcpts(&["c@x", "d@x"]), &t).widest(hdr, &t);
+        assert_eq!(other.fingerprint, w.fingerprint);
+        // A list expanded before us: individuals in the envelope, the list in the header.
+        let env = audience(&rcpts(&["p1@corp.test", "p2@corp.test"]), &t);
+        let hdr = header_audience(&hashed(&["all@corp.test"]), &t);
+        let w = env.widest(hdr, &t);
+        assert_eq!(w.weight, 91_053);
+        assert_eq!(w.list(&t).unwrap().address, "all@corp.test");
+        // An exempt list named only in the headers exempts the message.
+        let hdr = header_audience(&hashed(&["announce@corp.test"]), &t);
+        assert!(env.widest(hdr, &t).exempt);
+        // A wide envelope keeps its list when the headers name a smaller one.
+        let env = audience(&rcpts(&["all@corp.test"]), &t);
+        let hdr = header_audience(&hashed(&["team@corp.test", "a@x"]), &t);
+        let w = env.widest(hdr, &t);
+        assert_eq!(w.weight, 91_053);
+        assert_eq!(w.list(&t).unwrap().address, "all@corp.test");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! engine counts a message under every key it has and holds it when any of them is tripped.
 
 pub mod audience;
+pub mod key;
 pub mod subject;
 pub mod thread;
 pub mod thread_index;
 
-pub use audience::{Audience, ListRule, ListTable, audience};
+pub use audience::{Audience, ListRule, ListTable, audience, header_audience};
+pub use key::{KEY_FORMS, normalize_key, parse_key};
 pub use subject::{SubjectPrefixes, is_reply_subject, normalize_subject, strip_prefixes};
 pub use thread::{
     MAX_HEADER_BYTES, ThreadKey, ThreadKeys, is_reply, parse_headers, parser, thread_keys,

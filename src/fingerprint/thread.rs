@@ -1,9 +1,11 @@
-//! Thread keys of a message from its headers: Thread-Index GUID, the thread's root message id
-//! (first of References, else In-Reply-To), the parent (In-Reply-To), the normalised subject.
+//! What the engine reads from a message's headers: its thread keys (Thread-Index GUID, the
+//! thread's root message id (first of References, else In-Reply-To), the parent (In-Reply-To),
+//! the normalised subject), its To/Cc audience, whether it is an automatic reply, and the marks
+//! of an earlier decision.
 
-use super::hash_bytes;
 use super::subject::{normalize_subject, strip_prefixes};
 use super::thread_index::decode_thread_index;
+use super::{hash_bytes, hash_lowercase};
 use mail_parser::{HeaderName, HeaderValue, Message, MessageParser};
 use std::sync::OnceLock;
 
@@ -54,7 +56,18 @@ pub struct ThreadKeys {
     pub message_id: Option<String>,
     /// The header From address, for messages with a null envelope sender.
     pub from: Option<String>,
+    /// Hashes (`hash_lowercase`) of the distinct To and Cc addresses, sorted: the audience the
+    /// message names, whichever transaction carries it.
+    pub to_cc: Vec<u64>,
+    /// An automatic reply (RFC 3834): `Auto-Submitted` other than `no`, `X-Autoreply`,
+    /// `X-Autorespond`, or `Precedence: auto_reply`, `bulk` or `junk`.
+    pub auto_reply: bool,
+    /// Values of `X-Stormbreaker-Mark` headers (an earlier decision's signed mark), at most a few.
+    pub marks: Vec<String>,
 }
+
+/// Marks read per message: more are someone's noise.
+const MAX_MARKS: usize = 4;
 
 /// The parser the engine uses: only the headers thread keys need are parsed, every other header
 /// (notably To/Cc with thousands of addresses) is skipped.
@@ -69,6 +82,14 @@ pub fn parser() -> &'static MessageParser {
             .header_address(HeaderName::From)
             .header_text(HeaderName::Other("Thread-Topic".into()))
             .header_raw(HeaderName::Other("Thread-Index".into()))
+            .header_address(HeaderName::To)
+            .header_address(HeaderName::Cc)
+            // From<&str> gives the names mail-parser knows (Auto-Submitted) their own variant.
+            .header_raw(HeaderName::from("Auto-Submitted"))
+            .header_raw(HeaderName::from("X-Autoreply"))
+            .header_raw(HeaderName::from("X-Autorespond"))
+            .header_raw(HeaderName::from("Precedence"))
+            .header_raw(HeaderName::from(crate::mark::HEADER))
             .default_header_ignore()
     })
 }
@@ -162,7 +183,48 @@ pub fn thread_keys(message: &Message) -> ThreadKeys {
         subject,
         message_id,
         from,
+        to_cc: to_cc(message),
+        auto_reply: is_auto_reply(message),
+        marks: message
+            .header_values(crate::mark::HEADER)
+            .filter_map(HeaderValue::as_text)
+            .take(MAX_MARKS)
+            .map(|v| v.trim().to_string())
+            .collect(),
     }
+}
+
+/// The distinct addresses of every To and Cc header (groups included), hashed.
+fn to_cc(message: &Message) -> Vec<u64> {
+    let mut out: Vec<u64> = message
+        .header_values(HeaderName::To)
+        .chain(message.header_values(HeaderName::Cc))
+        .filter_map(HeaderValue::as_address)
+        .flat_map(|a| a.iter())
+        .filter_map(|a| a.address())
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(hash_lowercase)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// RFC 3834 and the headers older responders set instead.
+fn is_auto_reply(message: &Message) -> bool {
+    let value = |name: &'static str| {
+        message
+            .header_values(name)
+            .filter_map(HeaderValue::as_text)
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    value("Auto-Submitted").any(|v| {
+        let token = v.split([';', ' ', '(']).next().unwrap_or("");
+        !token.is_empty() && token != "no"
+    }) || message.header("X-Autoreply").is_some()
+        || message.header("X-Autorespond").is_some()
+        || value("Precedence").any(|v| matches!(v.as_str(), "auto_reply" | "bulk" | "junk"))
 }
 
 /// A message is a reply when it has In-Reply-To or References, a Thread-Index longer than the
@@ -369,6 +431,66 @@ mod tests {
             let m = MessageParser::new().parse_headers(h.as_bytes()).unwrap();
             assert_eq!(is_reply(&m), thread_keys(&m).reply, "{h:?}");
         }
+    }
+
+    #[test]
+    fn to_and_cc_addresses_are_counted_once_whatever_their_case() {
+        let k = keys(
+            "To: \"Ann\" <Ann@Corp.Test>, bob@corp.test,\r\n Team: cat@corp.test, dan@corp.test;\r\n\
+             Cc: ann@corp.test, <eve@corp.test>\r\nCc: fay@corp.test\r\nBcc: hidden@corp.test\r\n\r\n",
+        );
+        assert_eq!(k.to_cc.len(), 6, "{:?}", k.to_cc);
+        assert!(k.to_cc.contains(&hash_lowercase("ann@corp.test")));
+        assert!(!k.to_cc.contains(&hash_lowercase("hidden@corp.test")));
+        assert!(
+            keys("To: undisclosed-recipients:;\r\n\r\n")
+                .to_cc
+                .is_empty()
+        );
+        let mut many = String::from("To: ");
+        for i in 0..150 {
+            many.push_str(&format!("p{i}@corp.test,\r\n "));
+        }
+        many.push_str("last@corp.test\r\n\r\n");
+        assert_eq!(keys(&many).to_cc.len(), 151);
+    }
+
+    #[test]
+    fn automatic_replies_are_recognised() {
+        for h in [
+            "Auto-Submitted: auto-replied\r\n",
+            "Auto-Submitted: auto-generated; owner-email=\"x@y\"\r\n",
+            "AUTO-SUBMITTED: Auto-Replied (vacation)\r\n",
+            "X-Autoreply: yes\r\n",
+            "X-Autorespond: Out of office\r\n",
+            "Precedence: bulk\r\n",
+            "Precedence: junk\r\n",
+            "Precedence: auto_reply\r\n",
+        ] {
+            assert!(
+                keys(&format!("Subject: Away\r\n{h}\r\n")).auto_reply,
+                "{h:?}"
+            );
+        }
+        for h in [
+            "Auto-Submitted: no\r\n",
+            "Auto-Submitted: No (a person wrote this)\r\n",
+            "Precedence: list\r\n",
+            "Precedence: first-class\r\n",
+            "",
+        ] {
+            assert!(
+                !keys(&format!("Subject: Hi\r\n{h}\r\n")).auto_reply,
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn marks_are_collected() {
+        let k = keys("X-Stormbreaker-Mark: v=1; t=1; r=relayed; m=abc\r\nSubject: x\r\n\r\n");
+        assert_eq!(k.marks, ["v=1; t=1; r=relayed; m=abc"]);
+        assert!(keys("Subject: x\r\n\r\n").marks.is_empty());
     }
 
     #[test]

@@ -348,6 +348,8 @@ fn declared_rule(list: &crate::config::ListConfig) -> ListRule {
         action: list.action,
         fast_senders: list.fast_senders,
         me_too_messages: list.me_too_messages,
+        wave_senders: list.wave_senders,
+        wave_window: list.wave_window,
     }
 }
 

@@ -139,7 +139,11 @@ impl DataPhase {
             let Some(header_len) = header_block_len(&self.headers, at_end) else {
                 return;
             };
-            self.decide(cx, header_len).await;
+            let stamp = self.decide(cx, header_len).await;
+            // The mark of this decision goes first, so a milter on the upstream MTA sees it.
+            if let (Some(stamp), Sink::Upstream) = (stamp, &self.sink) {
+                self.push(cx, stamp.as_bytes(), false).await;
+            }
             let buffered = std::mem::take(&mut self.headers);
             self.push(cx, &buffered, at_end).await;
             // Keep the header block for the hold record.
@@ -150,10 +154,15 @@ impl DataPhase {
         self.push(cx, content, at_end).await;
     }
 
-    async fn decide(&mut self, cx: &mut Context<'_>, header_len: usize) {
+    /// Decides, and returns the mark to add when the message goes on (see `mark.rs`).
+    async fn decide(&mut self, cx: &mut Context<'_>, header_len: usize) -> Option<String> {
         let headers = &self.headers[..header_len];
         let now = crate::now_ms();
-        self.verdict = cx.decider.decide(&cx.tx.envelope, headers, now).await;
+        let (verdict, stamp) = cx
+            .decider
+            .decide_and_mark(&cx.tx.envelope, headers, now)
+            .await;
+        self.verdict = verdict;
         crate::frontend::decided(&self.verdict, cx.shared.notifier.as_deref(), now);
         let can_hold = cx.shared.quarantine.is_some();
         self.sink = match crate::frontend::disposition(&self.verdict, can_hold) {
@@ -166,7 +175,7 @@ impl DataPhase {
                 // Held: the upstream must never see this message's final dot.
                 cx.upstream.abandon_data();
                 let Some(q) = cx.shared.quarantine.clone() else {
-                    return;
+                    return None;
                 };
                 match tokio::task::spawn_blocking(move || q.begin()).await {
                     Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
@@ -181,6 +190,7 @@ impl DataPhase {
                 Sink::Refuse(Refusal::Reply(text))
             }
         };
+        stamp
     }
 
     /// Sends content on. The last chunk waits for `finish`, which sends it with the final dot

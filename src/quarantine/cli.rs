@@ -19,7 +19,8 @@ pub enum Command {
         /// One JSON array of objects instead of a table.
         #[arg(long)]
         json: bool,
-        /// Only this thread key.
+        /// Only this storm (its id, or any key of the held messages: subj:SUBJECT is normalised
+        /// as messages are, mid:<id> may keep its brackets).
         #[arg(long)]
         thread: Option<String>,
         /// Only messages to this distribution list.
@@ -38,7 +39,7 @@ pub enum Command {
     Release {
         #[arg(required_unless_present = "thread", conflicts_with = "thread")]
         ids: Vec<String>,
-        /// Every held message of this thread.
+        /// Every held message of this storm (its id or any of its keys).
         #[arg(long)]
         thread: Option<String>,
         /// Send again to recipients already released or in doubt.
@@ -92,7 +93,7 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             since,
         } => {
             let filter = ListFilter {
-                thread,
+                thread: thread.as_deref().map(crate::fingerprint::normalize_key),
                 list,
                 sender,
                 since_ms: since.map(|d| crate::now_ms().saturating_sub(d.as_millis() as u64)),
@@ -178,10 +179,21 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             };
             let upstream = crate::proxy::session::upstream_target(config)
                 .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
+            let mark = match crate::mark::MarkKey::load_or_create(&config.mark_key_path()) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    eprintln!(
+                        "stormbreaker: warning: releasing without the mark ({e}): a stormbreaker \
+                         milter on the upstream MTA may hold the released mail again"
+                    );
+                    None
+                }
+            };
             let opts = ReleaseOptions {
                 force,
                 attempts,
                 retry_delay,
+                mark,
                 ..ReleaseOptions::default()
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -242,7 +254,7 @@ fn select(q: &Quarantine, ids: Vec<String>, thread: Option<&str>) -> Result<Vec<
         return Ok(ids);
     };
     let filter = ListFilter {
-        thread: Some(thread.to_string()),
+        thread: Some(crate::fingerprint::normalize_key(thread)),
         ..Default::default()
     };
     match q.list(&filter) {

@@ -26,7 +26,12 @@ pub struct HeldMeta {
     pub envelope: Envelope,
     pub message_id: Option<String>,
     pub subject: Option<String>,
+    /// The storm that held it (the key that started the storm, e.g. `mid:root@corp.test`), or
+    /// `auto-reply:<sender>`.
     pub thread: String,
+    /// The message's own thread keys (`quarantine --thread` matches any of them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
     pub list: Option<String>,
     pub audience: u64,
     pub breaker: String,
@@ -53,6 +58,11 @@ impl HeldMeta {
             message_id,
             subject,
             thread: hold.thread.clone(),
+            keys: crate::fingerprint::parse_headers(headers)
+                .keys
+                .iter()
+                .map(|k| k.label.to_string())
+                .collect(),
             list: hold.list.clone(),
             audience: hold.audience,
             breaker: hold.breaker.to_string(),
@@ -80,6 +90,7 @@ impl HeldMeta {
             reason: self.reason.clone(),
             size: self.size,
             thread: self.thread.clone(),
+            keys: self.keys.clone(),
             list: self.list.clone(),
             breaker: self.breaker.clone(),
         }
@@ -99,6 +110,7 @@ pub struct HeldSummary {
     pub reason: String,
     pub size: u64,
     pub thread: String,
+    pub keys: Vec<String>,
     pub list: Option<String>,
     pub breaker: String,
 }

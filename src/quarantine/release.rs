@@ -25,6 +25,9 @@ pub struct ReleaseOptions {
     pub retry_delay: Duration,
     /// Who releases, for the journal and the audit log.
     pub who: String,
+    /// Marks what is re-injected as released (`mark.rs`), so a stormbreaker milter on the
+    /// upstream MTA delivers it instead of holding it again.
+    pub mark: Option<crate::mark::MarkKey>,
 }
 
 impl Default for ReleaseOptions {
@@ -34,6 +37,7 @@ impl Default for ReleaseOptions {
             attempts: 3,
             retry_delay: Duration::from_secs(5),
             who: audit::who(),
+            mark: None,
         }
     }
 }
@@ -134,6 +138,18 @@ impl Quarantine {
             ..Default::default()
         };
         let first_attempt = msg.journal.next_attempt();
+        let content = match &opts.mark {
+            Some(key) => {
+                let stamp = key.stamp_content(
+                    crate::mark::Reason::Released,
+                    &msg.content,
+                    &msg.meta.envelope.mail_from,
+                    crate::now_ms() / 1000,
+                );
+                [stamp.as_bytes(), &msg.content[..]].concat()
+            }
+            None => msg.content.clone(),
+        };
         let attempts = opts.attempts.max(1);
         let mut refused = Vec::new();
         for n in 1..=attempts {
@@ -147,7 +163,7 @@ impl Quarantine {
                 &msg.meta.envelope.mail_from,
                 &msg.meta.envelope.mail_params,
                 &pending,
-                &msg.content,
+                &content,
                 &journal_path,
                 first_attempt + u64::from(n) - 1,
                 &opts.who,

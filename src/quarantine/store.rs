@@ -64,6 +64,8 @@ pub enum QuarantineError {
 /// Which held messages `list` returns.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// A storm id or any key of the held message, as its record has it (see
+    /// `fingerprint::normalize_key` for what an administrator typed).
     pub thread: Option<String>,
     pub list: Option<String>,
     /// Envelope sender, compared without regard to case.
@@ -74,7 +76,9 @@ pub struct ListFilter {
 
 impl ListFilter {
     pub fn matches(&self, meta: &HeldMeta) -> bool {
-        self.thread.as_ref().is_none_or(|t| *t == meta.thread)
+        self.thread
+            .as_ref()
+            .is_none_or(|t| *t == meta.thread || meta.keys.iter().any(|k| k == t))
             && self.list.as_ref().is_none_or(|l| {
                 meta.list
                     .as_ref()

@@ -5,26 +5,28 @@
 //! thread at the same instant cannot both open its breaker. `redis::Script` loads the script
 //! again after NOSCRIPT (a restart, SCRIPT FLUSH).
 //!
-//! Keys: `{PREFIX}t:<key id>` is a thread key's hash (`s`: its `breaker::ThreadState` packed in
-//! 104 bytes, `l`: its label once its breaker opened), `{PREFIX}open` the sorted set of opened
-//! breakers. The prefix is the hash tag, so a script's keys always sit in one cluster slot (one
-//! slot per prefix: the state is small, and sharding it would split a message's keys). Every key
-//! expires a little after its state stops mattering, and the opened set is trimmed and capped;
-//! nothing grows without bound. Times are the nodes' clocks, passed in.
+//! Keys: `{PREFIX}t:<key id>` is a key's hash: a storm (`s`: its `breaker::StormState` packed,
+//! 38 bytes and 8 per sender; `l`: its label; `k`: the labels of keys joined to it) or a link to
+//! one (`p`: the storm's id, `e`: until when); `{PREFIX}m:<id>` a decided message's outcomes, for
+//! its copies; `{PREFIX}open` the sorted set of opened breakers. The prefix is the hash tag, so a
+//! script's keys always sit in one cluster slot (one slot per prefix: the state is small, and
+//! sharding it would split a message's keys). Every key expires a little after its state stops
+//! mattering, and the opened set is trimmed and capped; nothing grows without bound. Times are
+//! the nodes' clocks, passed in.
 //!
 //! When Redis fails or answers slower than `state.timeout`, calls return `StoreError` and the
 //! engine falls back (local counters or tempfail). An outage is logged once and counted; while
 //! it lasts, one call per second probes Redis and the others fail at once, so a dead Redis
 //! costs no message more than one timeout.
 
-use super::{BreakerStatus, ObserveRequest, StateStore, StoreError, to_secs};
+use super::{BreakerStatus, ObserveRequest, Observed, StateStore, StoreError, to_secs};
 use crate::breaker::{Limits, Outcome, Phase, Rule};
 use crate::config::StateConfig;
 use crate::fingerprint::ThreadKey;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The server-side step of all commands (observe, trip, reset, open).
@@ -36,8 +38,8 @@ const MAX_OPEN: u32 = 10_000;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// Admin calls (trip, reset, listing, counting) may take longer than a decision.
 const ADMIN_TIMEOUT_MIN: Duration = Duration::from_secs(2);
-/// Integers the script returns per thread key.
-const OUTCOME_FIELDS: usize = 8;
+/// Values the script returns per counter.
+const OUTCOME_FIELDS: usize = 11;
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -46,6 +48,8 @@ pub struct RedisStore {
     index: String,
     /// `{PREFIX}t:`.
     thread_prefix: String,
+    /// `{PREFIX}m:`.
+    message_prefix: String,
     timeout: Duration,
     health: Health,
 }
@@ -79,14 +83,20 @@ impl RedisStore {
             script: redis::Script::new(SCRIPT),
             index: format!("{{{}}}open", state.prefix),
             thread_prefix: format!("{{{}}}t:", state.prefix),
+            message_prefix: format!("{{{}}}m:", state.prefix),
             timeout,
             health: Health::new(),
         })
     }
 
-    /// The Redis key of a thread key's state (for tests and operators' `redis-cli`).
+    /// The Redis key of a key's storm or link (for tests and operators' `redis-cli`).
     pub fn thread_key(&self, key: &ThreadKey) -> String {
         format!("{}{:016x}", self.thread_prefix, key.id)
+    }
+
+    /// The Redis key of a decided message's record.
+    pub fn message_key(&self, message: u64) -> String {
+        format!("{}{message:016x}", self.message_prefix)
     }
 
     /// The Redis key of the opened-breakers index.
@@ -153,18 +163,14 @@ impl RedisStore {
         Err(error)
     }
 
-    fn invocation<'a>(
-        &'a self,
-        command: &str,
-        keys: &[&ThreadKey],
-        now_ms: u64,
-    ) -> redis::ScriptInvocation<'a> {
+    fn invocation<'a>(&'a self, command: &str, now_ms: u64) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.script.prepare_invoke();
         invocation.key(&self.index);
-        for key in keys {
-            invocation.key(self.thread_key(key));
-        }
-        invocation.arg(command).arg(to_secs(now_ms));
+        invocation
+            .arg(command)
+            .arg(to_secs(now_ms))
+            .arg(&self.thread_prefix)
+            .arg(&self.message_prefix);
         invocation
     }
 }
@@ -175,87 +181,89 @@ impl StateStore for RedisStore {
         RedisStore::ping(self).await
     }
 
-    async fn observe(&self, req: &ObserveRequest<'_>) -> Result<Vec<Outcome>, StoreError> {
-        // A key listed twice is counted once; both positions get its outcome.
-        let mut unique: Vec<&ThreadKey> = Vec::with_capacity(req.keys.len());
-        let mut position = Vec::with_capacity(req.keys.len());
-        for key in req.keys {
-            match unique.iter().position(|k| k.id == key.id) {
-                Some(i) => position.push(i),
-                None => {
-                    position.push(unique.len());
-                    unique.push(key);
-                }
-            }
-        }
-        if unique.is_empty() {
-            return Ok(Vec::new());
-        }
-        let l = &req.limits;
-        let mut invocation = self.invocation("observe", &unique, req.now_ms);
+    async fn observe(&self, req: &ObserveRequest<'_>) -> Result<Vec<Observed>, StoreError> {
+        let mut invocation = self.invocation("observe", req.now_ms);
+        let (message, ttl) = match req.message {
+            Some((id, ttl)) => (format!("{id:016x}"), ttl),
+            None => (String::new(), 0),
+        };
         invocation
             .arg(req.sender)
-            .arg(req.rule as u8)
             .arg(u8::from(req.fast))
-            .arg(l.trip)
-            .arg(l.window_s)
-            .arg(l.block_s)
-            .arg(l.max_block_s)
-            .arg(l.fast_senders)
-            .arg(l.fast_window_s)
-            .arg(MAX_OPEN);
-        for key in &unique {
-            invocation.arg(&*key.label);
+            .arg(req.sender_cap)
+            .arg(MAX_OPEN)
+            .arg(message)
+            .arg(ttl)
+            .arg(req.counters.len());
+        let mut counted = 0;
+        for c in req.counters {
+            let l = &c.limits;
+            invocation
+                .arg(c.rule as u8)
+                .arg(l.trip)
+                .arg(l.window_s)
+                .arg(l.block_s)
+                .arg(l.max_block_s)
+                .arg(l.fast_senders)
+                .arg(l.fast_window_s)
+                .arg(c.keys.len());
+            for key in c.keys {
+                invocation.arg(format!("{:016x}", key.id)).arg(&*key.label);
+            }
+            counted += usize::from(!c.keys.is_empty());
         }
         let mut conn = self.conn.clone();
-        let flat: Vec<i64> = self
+        let flat: Vec<redis::Value> = self
             .call(self.timeout, async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        if flat.len() != unique.len() * OUTCOME_FIELDS {
+        // A copy returns what its first copy was decided with, whatever this request holds.
+        if !flat.len().is_multiple_of(OUTCOME_FIELDS)
+            || (req.message.is_none() && flat.len() != counted * OUTCOME_FIELDS)
+        {
             return Err(StoreError::Backend(format!(
-                "script returned {} integers for {} keys",
+                "script returned {} values for {} counters",
                 flat.len(),
-                unique.len()
+                counted
             )));
         }
-        let outcomes = flat
-            .chunks_exact(OUTCOME_FIELDS)
-            .map(outcome)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(position.into_iter().map(|i| outcomes[i]).collect())
+        flat.chunks_exact(OUTCOME_FIELDS).map(observed).collect()
     }
 
-    async fn trip(&self, key: &ThreadKey, limits: &Limits, now_ms: u64) -> Result<(), StoreError> {
-        let mut invocation = self.invocation("trip", &[key], now_ms);
+    async fn trip(
+        &self,
+        key: &ThreadKey,
+        limits: &Limits,
+        now_ms: u64,
+    ) -> Result<String, StoreError> {
+        let mut invocation = self.invocation("trip", now_ms);
         invocation
             .arg(limits.block_s)
             .arg(limits.window_s)
             .arg(MAX_OPEN)
+            .arg(format!("{:016x}", key.id))
             .arg(&*key.label);
         let mut conn = self.conn.clone();
         self.call(self.admin_timeout(), async move {
-            invocation.invoke_async::<i64>(&mut conn).await
+            invocation.invoke_async::<String>(&mut conn).await
         })
         .await
-        .map(|_| ())
     }
 
-    async fn reset(&self, key: &ThreadKey) -> Result<bool, StoreError> {
-        let invocation = self.invocation("reset", &[key], 0);
+    async fn reset(&self, key: &ThreadKey, now_ms: u64) -> Result<Option<String>, StoreError> {
+        let mut invocation = self.invocation("reset", now_ms);
+        invocation.arg(format!("{:016x}", key.id));
         let mut conn = self.conn.clone();
-        let deleted: i64 = self
-            .call(self.admin_timeout(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
-        Ok(deleted > 0)
+        self.call(self.admin_timeout(), async move {
+            invocation.invoke_async::<Option<String>>(&mut conn).await
+        })
+        .await
     }
 
     async fn open_breakers(&self, now_ms: u64) -> Result<Vec<BreakerStatus>, StoreError> {
-        type Row = (String, u8, u8, u64, u64, u32, u32);
-        let invocation = self.invocation("open", &[], now_ms);
+        type Row = (String, String, u8, u8, u64, u64, u32, u32);
+        let invocation = self.invocation("open", now_ms);
         let mut conn = self.conn.clone();
         let rows: Vec<Row> = self
             .call(self.admin_timeout(), async move {
@@ -265,8 +273,9 @@ impl StateStore for RedisStore {
         let mut open: Vec<BreakerStatus> = rows
             .into_iter()
             .map(
-                |(key, rule, phase, opened_at, until, replies, senders)| BreakerStatus {
+                |(key, members, rule, phase, opened_at, until, replies, senders)| BreakerStatus {
                     key,
+                    keys: serde_json::from_str(&members).unwrap_or_default(),
                     breaker: Rule::from_u8(rule).name(),
                     phase: if phase == 1 {
                         Phase::Open
@@ -285,26 +294,32 @@ impl StateStore for RedisStore {
     }
 
     async fn tracked(&self) -> Result<usize, StoreError> {
-        let pattern = format!("{}*", glob_escape(&self.thread_prefix));
+        let patterns = [
+            format!("{}*", glob_escape(&self.thread_prefix)),
+            format!("{}*", glob_escape(&self.message_prefix)),
+        ];
         let mut conn = self.conn.clone();
         self.call(self.admin_timeout(), async move {
-            let mut cursor = 0u64;
             let mut count = 0usize;
-            loop {
-                let (next, keys): (u64, Vec<redis::Value>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                count += keys.len();
-                if next == 0 {
-                    return Ok(count);
+            for pattern in &patterns {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<redis::Value>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await?;
+                    count += keys.len();
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                cursor = next;
             }
+            Ok(count)
         })
         .await
     }
@@ -314,27 +329,53 @@ impl StateStore for RedisStore {
     }
 }
 
-/// One key's 8 integers from the script: phase, held, opened, rule, count, senders,
-/// opened_at, until.
-fn outcome(v: &[i64]) -> Result<Outcome, StoreError> {
-    let u32_of = |i: usize| {
-        u32::try_from(v[i])
-            .map_err(|_| StoreError::Backend(format!("script value {} out of range", v[i])))
+/// One counter's 11 values from the script: phase, held, opened, rule, count, senders,
+/// opened_at, until, storm id (16 hex digits), copy, label ('' unless held or opened).
+fn observed(v: &[redis::Value]) -> Result<Observed, StoreError> {
+    let int = |i: usize| -> Result<i64, StoreError> {
+        match &v[i] {
+            redis::Value::Int(n) => Ok(*n),
+            other => Err(StoreError::Backend(format!(
+                "script value {i} is {other:?}, not an integer"
+            ))),
+        }
     };
-    Ok(Outcome {
-        phase: match v[0] {
+    let text = |i: usize| -> Result<String, StoreError> {
+        match &v[i] {
+            redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) => Ok(s.clone()),
+            other => Err(StoreError::Backend(format!(
+                "script value {i} is {other:?}, not a string"
+            ))),
+        }
+    };
+    let u32_of = |i: usize| {
+        let n = int(i)?;
+        u32::try_from(n).map_err(|_| StoreError::Backend(format!("script value {n} out of range")))
+    };
+    let storm = text(8)?;
+    let outcome = Outcome {
+        phase: match int(0)? {
             0 => Phase::Closed,
             1 => Phase::Open,
             2 => Phase::HalfOpen,
             p => return Err(StoreError::Backend(format!("script returned phase {p}"))),
         },
-        held: v[1] != 0,
-        opened: v[2] != 0,
-        rule: Rule::from_u8(u8::try_from(v[3]).unwrap_or(0)),
+        held: int(1)? != 0,
+        opened: int(2)? != 0,
+        rule: Rule::from_u8(u8::try_from(int(3)?).unwrap_or(0)),
         count: u32_of(4)?,
         senders: u32_of(5)?,
         opened_at: u32_of(6)?,
         until: u32_of(7)?,
+        storm: u64::from_str_radix(&storm, 16)
+            .map_err(|_| StoreError::Backend(format!("script returned storm id {storm:?}")))?,
+        copy: int(9)? != 0,
+    };
+    let label = text(10)?;
+    Ok(Observed {
+        outcome,
+        storm_label: (!label.is_empty()).then(|| Arc::from(label.as_str())),
     })
 }
 
@@ -445,16 +486,45 @@ mod tests {
 
     #[test]
     fn outcome_parses_and_rejects_garbage() {
-        let o = outcome(&[2, 0, 1, 3, 10, 4, 100, 200]).unwrap();
-        assert_eq!(o.phase, Phase::HalfOpen);
-        assert!(o.opened && !o.held);
-        assert_eq!(o.rule, Rule::Manual);
+        use redis::Value::{BulkString, Int};
+        let mut v = vec![
+            Int(2),
+            Int(0),
+            Int(1),
+            Int(3),
+            Int(10),
+            Int(4),
+            Int(100),
+            Int(200),
+            BulkString(b"00000000000000ff".to_vec()),
+            Int(0),
+            BulkString(b"subj:x".to_vec()),
+        ];
+        let o = observed(&v).unwrap();
+        assert_eq!(o.outcome.phase, Phase::HalfOpen);
+        assert!(o.outcome.opened && !o.outcome.held && !o.outcome.copy);
+        assert_eq!(o.outcome.rule, Rule::Manual);
+        assert_eq!(o.outcome.storm, 255);
+        assert_eq!(o.storm_label.as_deref(), Some("subj:x"));
         assert_eq!(
-            (o.count, o.senders, o.opened_at, o.until),
+            (
+                o.outcome.count,
+                o.outcome.senders,
+                o.outcome.opened_at,
+                o.outcome.until
+            ),
             (10, 4, 100, 200)
         );
-        assert!(outcome(&[7, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(outcome(&[0, 0, 0, 0, -1, 0, 0, 0]).is_err());
+        v[10] = BulkString(Vec::new());
+        assert_eq!(observed(&v).unwrap().storm_label, None);
+        v[0] = Int(7);
+        assert!(observed(&v).is_err());
+        v[0] = Int(0);
+        v[4] = Int(-1);
+        assert!(observed(&v).is_err());
+        v[4] = Int(1);
+        v[8] = BulkString(b"not hex".to_vec());
+        assert!(observed(&v).is_err());
     }
 
     #[test]

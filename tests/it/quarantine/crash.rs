@@ -40,9 +40,11 @@ fn crash_child() {
     }
 }
 
-/// `HELD <id> <n> END`; anything else (the test harness's own output) is not an ack.
+/// `HELD <id> <n> END`; anything else (the test harness's own output) is not an ack. With
+/// `--nocapture` the harness writes `test crash_child ... ` without a line end first, so the
+/// first ack shares its line: look for it anywhere in the line.
 fn parse(line: &str) -> Option<(String, u64)> {
-    let mut parts = line.split(' ');
+    let mut parts = line[line.find("HELD ")?..].split(' ');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("HELD"), Some(id), Some(n), Some("END")) => Some((id.to_string(), n.parse().ok()?)),
         _ => None,

@@ -94,7 +94,13 @@ fn manual_trip_on_one_node_holds_on_the_other_and_reset_anywhere_clears_it() {
             .decide(&env, reply(3, "Office move").as_bytes(), T0 + 2 * SEC)
             .await;
         assert_eq!(v.hold.as_ref().map(|h| h.breaker), Some("manual"));
-        assert!(b.try_reset("subj:office move").await.unwrap());
+        assert_eq!(
+            b.try_reset("subj:office move", T0 + 2 * SEC)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("subj:office move")
+        );
         assert!(a.try_open_breakers(T0 + 3 * SEC).await.unwrap().is_empty());
         let v = a
             .decide(&env, reply(7, "Office move").as_bytes(), T0 + 4 * SEC)
