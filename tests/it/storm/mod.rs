@@ -3,3 +3,4 @@
 
 mod proxy;
 mod sim;
+mod split;

@@ -136,22 +136,44 @@ impl Stormbreaker {
     ) -> Stormbreaker {
         let config = dir.path().join("policy.toml");
         std::fs::write(&config, config_text).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = command()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn stormbreaker");
         let mut sb = Stormbreaker {
-            child: Some(child),
+            child: None,
             port,
             dir,
             config,
             milter_socket,
         };
+        sb.spawn();
+        sb
+    }
+
+    /// Starts the process again on the same policy, quarantine and log (after `kill` or
+    /// `stop`; a process still running is killed first), and waits until it listens.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("log"))
+            .unwrap();
+        let child = command()
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stormbreaker");
+        self.child = Some(child);
+        let sb = self;
+        let port = sb.port;
         let listening = wait_for(|| {
             if let Some(status) = sb.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("stormbreaker exited with {status}: {}", sb.log());
@@ -166,7 +188,6 @@ impl Stormbreaker {
             "stormbreaker did not listen: {}",
             sb.log()
         );
-        sb
     }
 
     /// The address as Postfix's `smtpd_milters` wants it.
