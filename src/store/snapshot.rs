@@ -2,8 +2,10 @@
 //! folder, written durably (temporary file, fsync, rename, fsync of the folder) when a breaker
 //! opens, is tripped or reset, every `EVERY` while anything changed, and at shutdown; read at
 //! start. After a crash the held messages themselves are the fallback: each names the storm
-//! that held it, its keys and its rule, so a storm with held mail and no snapshot is opened
-//! again from its first hold for `block_for`.
+//! that held it, its keys and its rule, so a storm with mail held after the snapshot was
+//! written (or with no snapshot at all) is opened again from its first hold for `block_for`.
+//! Mail held before the snapshot does not count: the snapshot already says whether its storm
+//! was still open (an administrator may have reset it).
 
 use super::{MAX_MEMBERS, StormSnapshot};
 use crate::breaker::{Limits, Rule};
@@ -68,11 +70,12 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The storms of a snapshot file; none when there is no file. Errors name the file.
-pub fn read(path: &Path) -> io::Result<Vec<StormSnapshot>> {
+/// When a snapshot file was written and its storms; `None` when there is no file. Errors name
+/// the file.
+pub fn read(path: &Path) -> io::Result<Option<(u64, Vec<StormSnapshot>)>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     };
     let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -91,16 +94,22 @@ pub fn read(path: &Path) -> io::Result<Vec<StormSnapshot>> {
             ),
         ));
     }
-    Ok(file.storms)
+    Ok(Some((file.written_at_ms, file.storms)))
 }
 
-/// Storms rebuilt from held messages: each storm with held mail (by the records' `thread`,
-/// rules that keep a breaker only) is open from its first hold for the block of `limits`, with
-/// the held messages' keys joined to it. Counts and senders are not known: they start at zero.
-pub fn from_held(held: &[HeldMeta], limits: &Limits, now_ms: u64) -> Vec<StormSnapshot> {
+/// Storms rebuilt from messages held after `since_ms`: each storm with such held mail (by the
+/// records' `thread`, rules that keep a breaker only) is open from its first hold for the block
+/// of `limits`, with the held messages' keys joined to it. Counts and senders are not known:
+/// they start at zero.
+pub fn from_held(
+    held: &[HeldMeta],
+    limits: &Limits,
+    since_ms: u64,
+    now_ms: u64,
+) -> Vec<StormSnapshot> {
     let now_s = (now_ms / 1000).min(u64::from(u32::MAX)) as u32;
     let mut storms: BTreeMap<&str, StormSnapshot> = BTreeMap::new();
-    for meta in held {
+    for meta in held.iter().filter(|m| m.received_at_ms > since_ms) {
         let Some(rule) = Rule::from_name(&meta.breaker).filter(|r| *r != Rule::AutoReply) else {
             continue;
         };
@@ -140,17 +149,18 @@ pub fn from_held(held: &[HeldMeta], limits: &Limits, now_ms: u64) -> Vec<StormSn
         .collect()
 }
 
-/// At start: the snapshot's breakers, then those only the held messages tell of. Returns how
+/// At start: the snapshot's breakers, then those only mail held after it tells of. Returns how
 /// many came from each; a snapshot that cannot be read is logged and skipped.
 pub fn restore(engine: &Engine, held: &[HeldMeta], path: &Path, now_ms: u64) -> (usize, usize) {
-    let from_file = match read(path) {
-        Ok(storms) => engine.restore(&storms, now_ms),
+    let (since, from_file) = match read(path) {
+        Ok(Some((written_at, storms))) => (written_at, engine.restore(&storms, now_ms)),
+        Ok(None) => (0, 0),
         Err(e) => {
             tracing::error!(error = %e, "breaker snapshot not read; rebuilding from held mail");
-            0
+            (0, 0)
         }
     };
-    let rebuilt = from_held(held, &engine.default_limits(), now_ms);
+    let rebuilt = from_held(held, &engine.default_limits(), since, now_ms);
     let from_held = engine.restore(&rebuilt, now_ms);
     (from_file, from_held)
 }
@@ -241,10 +251,15 @@ mod tests {
     fn snapshots_are_written_whole_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = path(dir.path());
-        assert!(read(&path).unwrap().is_empty(), "no file, no storms");
-        let storms = from_held(&[meta("mid:a@x", "replies", T, &["subj:a"])], &limits(), T);
+        assert!(read(&path).unwrap().is_none(), "no file, no storms");
+        let storms = from_held(
+            &[meta("mid:a@x", "replies", T, &["subj:a"])],
+            &limits(),
+            0,
+            T,
+        );
         write(&path, &storms, T).unwrap();
-        assert_eq!(read(&path).unwrap(), storms);
+        assert_eq!(read(&path).unwrap(), Some((T, storms)));
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, b"{ torn").unwrap();
         let err = read(&path).unwrap_err().to_string();
@@ -260,7 +275,7 @@ mod tests {
             meta("auto-reply:x@y", "auto-reply", T, &[]),
             meta("subj:old", "replies", T - 7 * 3_600_000, &[]),
         ];
-        let storms = from_held(&held, &limits(), T + 60_000);
+        let storms = from_held(&held, &limits(), 0, T + 60_000);
         let labels: Vec<&str> = storms.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["mid:a@x", "wave:all@corp.test"]);
         let a = &storms[0];
@@ -268,5 +283,9 @@ mod tests {
         assert_eq!(a.until - a.opened_at, 6 * 3600);
         assert_eq!(a.members, ["subj:a", "tidx:00ff"]);
         assert_eq!(storms[1].rule, Rule::Wave as u8);
+        // Mail held before the snapshot was written is the snapshot's business.
+        let later = from_held(&held, &limits(), T + 1000, T + 60_000);
+        assert_eq!(later.len(), 1);
+        assert_eq!(u64::from(later[0].opened_at), (T + 5000) / 1000);
     }
 }

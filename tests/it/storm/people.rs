@@ -83,7 +83,14 @@ fn settle() {
     let marker = token("marker");
     let out = swaks(
         relay().postfix.port,
-        &["--from", "m@corp.test", "--to", "m@corp.test", "--header", &format!("Subject: {marker}")],
+        &[
+            "--from",
+            "m@corp.test",
+            "--to",
+            "m@corp.test",
+            "--header",
+            &format!("Subject: {marker}"),
+        ],
     );
     assert!(text(&out).contains("250"), "{}", text(&out));
     assert!(wait_for(|| !relay().sink.mentioning(&marker).is_empty()).is_some());
@@ -96,18 +103,31 @@ fn an_operations_desk_updating_its_own_thread_is_never_held_and_people_still_tri
     // 15 updates from the desk to everybody, in its own thread: one person, no storm.
     for n in 0..15 {
         let answer = reply(proxy.port, &thread, "ops-desk@corp.test", n);
-        assert!(answer.starts_with("250") && !held(&answer), "update {n}: {answer}");
+        assert!(
+            answer.starts_with("250") && !held(&answer),
+            "update {n}: {answer}"
+        );
     }
     // Nine colleagues reply to all: with the desk ten people, the ninth opens the breaker.
     let answers: Vec<String> = (0..11)
-        .map(|i| reply(proxy.port, &thread, &format!("colleague{i}@corp.test"), 100 + i))
+        .map(|i| {
+            reply(
+                proxy.port,
+                &thread,
+                &format!("colleague{i}@corp.test"),
+                100 + i,
+            )
+        })
         .collect();
     assert!(answers[..9].iter().all(|a| !held(a)), "{answers:?}");
     assert!(answers[9..].iter().all(|a| held(a)), "{answers:?}");
     let opened = proxy.log_lines("breaker opened");
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0]["senders"], 10);
-    assert_eq!(opened[0]["replies"], 24, "the desk's updates are counted, once per person");
+    assert_eq!(
+        opened[0]["replies"], 24,
+        "the desk's updates are counted, once per person"
+    );
 }
 
 #[test]
@@ -115,7 +135,9 @@ fn a_wave_of_new_threads_is_held_and_a_few_announcements_are_not() {
     let proxy = Stormbreaker::proxy(
         relay().postfix.port,
         "",
-        &policy("wave_senders = 6\nwave_window = \"15m\"\nwave_exempt_senders = [\"hr@corp.test\"]"),
+        &policy(
+            "wave_senders = 6\nwave_window = \"15m\"\nwave_exempt_senders = [\"hr@corp.test\"]",
+        ),
     );
     let tag = token("wave").replace('-', "");
     // Three announcements from two senders pass.
@@ -123,7 +145,13 @@ fn a_wave_of_new_threads_is_held_and_a_few_announcements_are_not() {
         .iter()
         .enumerate()
     {
-        let answer = new_message(proxy.port, &tag, from, &format!("Announcement {n} {tag}"), n);
+        let answer = new_message(
+            proxy.port,
+            &tag,
+            from,
+            &format!("Announcement {n} {tag}"),
+            n,
+        );
         assert!(!held(&answer), "announcement {n}: {answer}");
     }
     // Then people write to everybody, each their own new thread: with the two announcers,
@@ -154,7 +182,13 @@ fn a_wave_of_new_threads_is_held_and_a_few_announcements_are_not() {
     assert!(answers[..4].iter().all(|a| !held(a)), "{answers:?}");
     assert!(answers[4..].iter().all(|a| held(a)), "{answers:?}");
     // An exempt announcer's news still goes out during the wave.
-    let hr = new_message(proxy.port, &tag, "hr@corp.test", &format!("HR news {tag}"), 50);
+    let hr = new_message(
+        proxy.port,
+        &tag,
+        "hr@corp.test",
+        &format!("HR news {tag}"),
+        50,
+    );
     assert!(!held(&hr), "{hr}");
     let listed = proxy.quarantine_list();
     let ours: Vec<_> = listed
@@ -207,7 +241,11 @@ fn automatic_replies_to_the_list_are_held_from_the_first_through_the_proxy() {
         proxy.port,
         "",
         &["boss@corp.test", "colleague@corp.test"],
-        &out_of_office("away@corp.test", &["boss@corp.test", "colleague@corp.test"], &tag),
+        &out_of_office(
+            "away@corp.test",
+            &["boss@corp.test", "colleague@corp.test"],
+            &tag,
+        ),
         &format!("{tag} I am away"),
     );
     assert!(narrow.starts_with("250") && !held(&narrow), "{narrow}");
