@@ -2,6 +2,7 @@
 //! through the proxy (and the milter) in front of Postfix.
 
 mod both;
+mod figures;
 mod ids;
 mod people;
 mod proxy;
