@@ -394,7 +394,7 @@ impl Notifier {
         format!(
             "A reply-all storm breaker is open; replies to this thread are being held.\n\
              \n\
-             Thread:            {}\n\
+             Storm:             {}\n\
              List:              {}\n\
              Audience:          {} people per reply\n\
              Breaker:           {}\n\
@@ -408,6 +408,8 @@ impl Notifier {
              \x20 stormbreaker quarantine --config {config} list --thread {thread}\n\
              If this is not a storm, release everything held on the thread:\n\
              \x20 stormbreaker quarantine --config {config} release --thread {thread}\n\
+             and close its breaker (with [admin] listen set):\n\
+             \x20 stormbreaker breaker --config {config} reset {thread}\n\
              \n\
              At most one update per thread follows per notify.interval while the breaker stays open.\n",
             h.thread,
@@ -699,6 +701,10 @@ mod tests {
             body.contains(
                 "stormbreaker quarantine --config /etc/stormbreaker/policy.toml release --thread 'subj:it'\\''s quarterly??Bcc: x@evil.test'"
             ),
+            "{body}"
+        );
+        assert!(
+            body.contains("breaker --config /etc/stormbreaker/policy.toml reset"),
             "{body}"
         );
         // The milter holds in our quarantine too: one set of commands for both front ends.

@@ -42,7 +42,7 @@ pub const UPSTREAM_STEPS: [&str; 3] = ["greeting", "command", "data"];
 pub const BREAKERS_OPENED: &str = "stormbreaker_breakers_opened_total";
 /// Gauge, label `breaker`: one of [`BREAKER_RULES`].
 pub const BREAKERS_OPEN: &str = "stormbreaker_breakers_open";
-pub const BREAKER_RULES: [&str; 4] = ["replies", "fast", "me-too", "manual"];
+pub const BREAKER_RULES: [&str; 5] = ["replies", "fast", "me-too", "wave", "manual"];
 /// Histogram: `Engine::decide`, envelope and headers to verdict, state store included.
 pub const DECISION_SECONDS: &str = "stormbreaker_decision_seconds";
 pub const HELD: &str = "stormbreaker_quarantine_held_total";

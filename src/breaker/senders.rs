@@ -27,6 +27,10 @@ impl Senders {
             return;
         }
         if self.slots.len() < cap.max(1) as usize {
+            // Most storms never see a second sender: no room reserved for one.
+            if self.slots.capacity() == 0 {
+                self.slots.reserve_exact(1);
+            }
             self.slots.push((sender, now_s));
             return;
         }

@@ -51,8 +51,9 @@ struct Storm {
     state: StormState,
     /// The starting key's label: the storm's name.
     label: Box<str>,
-    /// Labels of other keys joined to it, at most `MAX_MEMBERS`.
-    members: Vec<Box<str>>,
+    /// Labels of other keys joined to it, at most `MAX_MEMBERS` (a boxed slice: most storms
+    /// have one key or two, and a million of them are tracked at once).
+    members: Box<[Box<str>]>,
     /// The window its breaker last opened with (its half-open time).
     open_window: u32,
 }
@@ -62,7 +63,7 @@ impl Storm {
         Storm {
             state: StormState::default(),
             label: label.into(),
-            members: Vec::new(),
+            members: Box::default(),
             open_window: 0,
         }
     }
@@ -72,7 +73,9 @@ impl Storm {
             && self.members.len() < MAX_MEMBERS
             && !self.members.iter().any(|m| **m == *label)
         {
-            self.members.push(label.into());
+            let mut members = std::mem::take(&mut self.members).into_vec();
+            members.push(label.into());
+            self.members = members.into_boxed_slice();
         }
     }
 }

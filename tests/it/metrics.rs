@@ -122,7 +122,7 @@ const FAMILIES: [(&str, &str, &str, &[&str]); 19] = [
         "stormbreaker_breakers_open",
         "gauge",
         "breaker",
-        &["replies", "fast", "me-too", "manual"],
+        &["replies", "fast", "me-too", "wave", "manual"],
     ),
     ("stormbreaker_decision_seconds", "histogram", "", &[]),
     ("stormbreaker_quarantine_held", "counter", "", &[]),
