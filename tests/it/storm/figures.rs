@@ -136,7 +136,7 @@ fn ordinary(tag: &str, round: usize) -> Vec<Mail> {
         ),
         "Update: still investigating.",
     )];
-    if round % 4 == 0 {
+    if round.is_multiple_of(4) {
         let who = ["ord-comms", "ord-it", "ord-hr"][round / 4 % 3];
         out.push(mail(
             &format!("{who}@corp.test"),
@@ -315,7 +315,7 @@ fn run(front: &FrontEnd, senders: &[Postfix]) -> Vec<(String, usize, usize, usiz
 fn storm_figures() {
     let milter_sink = Sink::start();
     let mut table = Vec::new();
-    let fronts: Vec<Box<dyn Fn() -> (FrontEnd, Vec<Postfix>)>> = vec![
+    let fronts: Vec<Box<MakeFront>> = vec![
         Box::new(|| {
             let p = Stormbreaker::proxy(relay().postfix.port, "", &policy());
             let s = split_sender(p.port);
@@ -376,6 +376,9 @@ fn storm_figures() {
         }
     }
 }
+
+/// Starts a front end and the sending MTAs that split replies into it.
+type MakeFront = dyn Fn() -> (FrontEnd, Vec<Postfix>);
 
 fn split_sender(next: u16) -> Postfix {
     Postfix::start(
