@@ -377,7 +377,7 @@ impl Engine {
     ) -> Verdict {
         let limits = self.limits(list);
         let mut own: Vec<ThreadKey> = Vec::new();
-        let mut rules: Vec<(Rule, Limits, usize)> = Vec::with_capacity(2);
+        let mut rules: Vec<(Rule, Limits, usize)> = Vec::new();
         if keys.reply {
             if keys.keys.is_empty() {
                 return Verdict::DELIVER;
@@ -425,31 +425,39 @@ impl Engine {
                 return Verdict::DELIVER;
             }
         }
-        let counters: Vec<Counter<'_>> = if keys.reply {
-            vec![Counter {
+        // At most two counters (me too and wave): on the stack, not the heap.
+        let unused = Counter {
+            keys: &[],
+            rule: Rule::Replies,
+            limits,
+        };
+        let mut slots = [unused; 2];
+        let n = if keys.reply {
+            slots[0] = Counter {
                 keys: &keys.keys,
                 rule: Rule::Replies,
                 limits,
-            }]
+            };
+            1
         } else {
-            rules
-                .iter()
-                .map(|(rule, limits, i)| Counter {
+            for (slot, (rule, limits, i)) in slots.iter_mut().zip(&rules) {
+                *slot = Counter {
                     keys: std::slice::from_ref(&own[*i]),
                     rule: *rule,
                     limits: *limits,
-                })
-                .collect()
+                };
+            }
+            rules.len()
         };
+        let counters = &slots[..n];
         let message = keys.message_id.as_deref().map(|id| {
-            let identity = format!("msg\0{id}\0{}", envelope.mail_from.to_ascii_lowercase());
             (
-                fingerprint::hash_bytes(identity.as_bytes()),
+                fingerprint::hash_message(id, &envelope.mail_from),
                 secs(self.policy.copies_window),
             )
         });
         let request = ObserveRequest {
-            counters: &counters,
+            counters,
             sender: (fingerprint::hash_lowercase(sender) >> 32) as u32,
             fast: self.policy.fast_audience > 0 && audience.weight >= self.policy.fast_audience,
             sender_cap: self.sender_cap,
@@ -460,7 +468,7 @@ impl Engine {
             Ok(observed) => observed,
             Err(verdict) => return verdict,
         };
-        self.verdict(sender, &counters, &observed, audience, list)
+        self.verdict(sender, counters, &observed, audience, list)
     }
 
     /// One store call; on failure the configured fallback.

@@ -6,7 +6,7 @@
 //! and Cc addresses it names, which every transaction of a message split by the sending MTA
 //! carries whole); the engine takes the wider.
 
-use super::{hash_bytes, hash_lowercase};
+use super::{hash_lowercase, hash_u64s};
 use crate::config::HoldAction;
 use crate::envelope::Recipient;
 use std::collections::HashMap;
@@ -198,11 +198,7 @@ fn weigh(hashes: &[u64], lists: &ListTable) -> Audience {
             None => out.weight = out.weight.saturating_add(1),
         }
     }
-    let mut bytes = Vec::with_capacity(hashes.len() * 8);
-    for h in hashes {
-        bytes.extend_from_slice(&h.to_le_bytes());
-    }
-    out.fingerprint = hash_bytes(&bytes);
+    out.fingerprint = hash_u64s(hashes);
     out
 }
 

@@ -88,20 +88,24 @@ enum Entry {
         storm: u64,
         expires: u32,
     },
-    /// A decided message: its copies get these outcomes until `expires`.
-    Seen {
-        outcomes: Box<[Observed]>,
-        expires: u32,
-    },
 }
 
 impl Entry {
     fn expired(&self, now_s: u32) -> bool {
         match self {
             Entry::Storm(s) => s.state.expired(now_s),
-            Entry::Link { expires, .. } | Entry::Seen { expires, .. } => now_s >= *expires,
+            Entry::Link { expires, .. } => now_s >= *expires,
         }
     }
+}
+
+/// A decided message: its copies get these outcomes until `expires`. The first (usually the
+/// only) outcome is kept inline: one is recorded per wide message.
+#[derive(Debug)]
+struct Seen {
+    expires: u32,
+    first: Observed,
+    more: Vec<Observed>,
 }
 
 #[derive(Default)]
@@ -111,6 +115,10 @@ struct Inner {
     order: VecDeque<u64>,
     /// Storms whose breaker opened; pruned when they close, merge or are forgotten.
     opened: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    /// Decided messages, and their ids in the order they were recorded, which is the order
+    /// they expire in (every record lives `copies_window`; a shorter one may wait a little).
+    seen: IdMap<Seen>,
+    seen_order: VecDeque<(u64, u32)>,
 }
 
 pub struct MemoryStore {
@@ -129,9 +137,10 @@ impl MemoryStore {
         }
     }
 
-    /// Entries tracked now.
+    /// Entries tracked now: keys, links and decided messages.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        let inner = self.lock();
+        inner.entries.len() + inner.seen.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,7 +171,6 @@ impl Inner {
                     }
                     id = *storm;
                 }
-                Entry::Seen { .. } => return None,
             }
         }
         None
@@ -192,15 +200,31 @@ impl Inner {
     /// Step 2 and 3 of the contract for one counter.
     fn observe_counter(&mut self, c: &Counter<'_>, req: &ObserveRequest<'_>, now: u32) -> Observed {
         let link_expires = now.saturating_add(c.limits.link_s());
-        let mut storms: Vec<u64> = Vec::with_capacity(c.keys.len());
+        // A message has at most four thread keys: the storms they resolve to fit on the stack.
+        let mut found = [0u64; 8];
+        let mut spilled = Vec::new();
+        let mut n = 0;
         for key in c.keys {
             if let Some(s) = self.resolve(key.id, now)
-                && !storms.contains(&s)
+                && !found[..n].contains(&s)
+                && !spilled.contains(&s)
             {
-                storms.push(s);
+                if n < found.len() {
+                    found[n] = s;
+                    n += 1;
+                } else {
+                    spilled.push(s);
+                }
             }
         }
-        let survivor = if storms.is_empty() {
+        let storms: &[u64] = if spilled.is_empty() {
+            &found[..n]
+        } else {
+            spilled.splice(0..0, found);
+            &spilled
+        };
+        let fresh = storms.is_empty();
+        let survivor = if fresh {
             let first = &c.keys[0];
             self.put(first.id, Entry::Storm(Box::new(Storm::new(&first.label))));
             first.id
@@ -220,7 +244,7 @@ impl Inner {
             }
             best
         };
-        for &other in &storms {
+        for &other in storms {
             if other == survivor {
                 continue;
             }
@@ -243,19 +267,28 @@ impl Inner {
             if key.id == survivor {
                 continue;
             }
-            match self.entries.get_mut(&key.id) {
-                Some(Entry::Link { storm, expires }) if *storm == survivor => {
+            // A key already joined keeps its place among the members, unless the storm is
+            // new (an earlier one expired while its links lived on). An expired link is no
+            // link (the sweep may have dropped it already, Redis keeps it a while).
+            let joined = match self.entries.get_mut(&key.id) {
+                Some(Entry::Link { storm, expires }) if *storm == survivor && now < *expires => {
                     *expires = (*expires).max(link_expires);
+                    true
                 }
-                _ => self.put(
-                    key.id,
-                    Entry::Link {
-                        storm: survivor,
-                        expires: link_expires,
-                    },
-                ),
+                _ => {
+                    self.put(
+                        key.id,
+                        Entry::Link {
+                            storm: survivor,
+                            expires: link_expires,
+                        },
+                    );
+                    false
+                }
+            };
+            if fresh || !joined {
+                self.storm_mut(survivor).add_member(&key.label);
             }
-            self.storm_mut(survivor).add_member(&key.label);
         }
         let storm = self.storm_mut(survivor);
         let mut outcome =
@@ -283,13 +316,27 @@ impl Inner {
             Entry::Link { storm, expires } => {
                 now_s < *expires && self.storm(*storm).is_some_and(|s| s.state.guarding(now_s))
             }
-            Entry::Seen { .. } => false,
         }
     }
 
     fn forget(&mut self, id: u64) {
         self.entries.remove(&id);
         self.opened.remove(&id);
+    }
+
+    /// Drops the records of decided messages that expired (and the oldest beyond `max`).
+    fn sweep_seen(&mut self, now_s: u32, max: usize) {
+        while let Some(&(id, expires)) = self.seen_order.front() {
+            if now_s < expires && self.seen_order.len() <= max {
+                return;
+            }
+            self.seen_order.pop_front();
+            // A record written again later (another copy after expiry) has a later expiry:
+            // it stays until its own turn comes.
+            if self.seen.get(&id).is_some_and(|s| s.expires <= expires) {
+                self.seen.remove(&id);
+            }
+        }
     }
 
     /// Drops expired entries at the queue's front, moving live ones to the back.
@@ -363,16 +410,18 @@ impl StateStore for MemoryStore {
     async fn observe(&self, req: &ObserveRequest<'_>) -> Result<Vec<Observed>, StoreError> {
         let now = to_secs(req.now_ms);
         let mut inner = self.lock();
+        inner.sweep_seen(now, self.max_threads);
         if let Some((message, _)) = req.message
-            && let Some(Entry::Seen { outcomes, expires }) = inner.entries.get(&message)
-            && now < *expires
+            && let Some(seen) = inner.seen.get(&message)
+            && now < seen.expires
         {
-            return Ok(outcomes
-                .iter()
-                .map(|o| Observed {
-                    outcome: o.outcome.as_copy(),
-                    storm_label: o.storm_label.clone(),
-                })
+            let copy = |o: &Observed| Observed {
+                outcome: o.outcome.as_copy(),
+                storm_label: o.storm_label.clone(),
+            };
+            return Ok(std::iter::once(&seen.first)
+                .chain(&seen.more)
+                .map(copy)
                 .collect());
         }
         let mut out = Vec::with_capacity(req.counters.len());
@@ -382,12 +431,19 @@ impl StateStore for MemoryStore {
             }
             out.push(inner.observe_counter(counter, req, now));
         }
-        if let Some((message, ttl)) = req.message {
-            let record = Entry::Seen {
-                outcomes: out.clone().into_boxed_slice(),
-                expires: now.saturating_add(ttl.max(1)),
+        if let Some((message, ttl)) = req.message
+            && let Some(first) = out.first()
+        {
+            let expires = now.saturating_add(ttl.max(1));
+            let record = Seen {
+                expires,
+                first: first.clone(),
+                more: out[1..].to_vec(),
             };
-            inner.put(message, record);
+            // A record replaced (its message came again after it expired) leaves its old
+            // place in the queue, which `sweep_seen` then passes over.
+            inner.seen.insert(message, record);
+            inner.seen_order.push_back((message, expires));
         }
         inner.sweep(now);
         let evicted = inner.enforce_cap(now, self.max_threads);

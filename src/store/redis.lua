@@ -382,7 +382,8 @@ local function observe_counter(c, sender, fast, cap, max_open)
     end
   end
   local survivor
-  if #storms == 0 then
+  local fresh = #storms == 0
+  if fresh then
     survivor = c.keys[1].id
     put(survivor, new_storm(c.keys[1].label))
   else
@@ -410,13 +411,15 @@ local function observe_counter(c, sender, fast, cap, max_open)
   for _, key in ipairs(c.keys) do
     if key.id ~= survivor then
       local e = entry(key.id)
-      if e.kind == 'link' and e.p == survivor then
+      local joined = false
+      if e.kind == 'link' and e.p == survivor and now < e.le then
         if link_expires > e.le then e.le = link_expires end
         touch_entry(key.id)
+        joined = true
       else
         put(key.id, { kind = 'link', p = survivor, le = link_expires })
       end
-      add_member(entry(survivor), key.label)
+      if fresh or not joined then add_member(entry(survivor), key.label) end
     end
   end
   local storm = entry(survivor)
