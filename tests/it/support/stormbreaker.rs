@@ -109,6 +109,12 @@ impl Stormbreaker {
         Self::start_milter(true, true, extra)
     }
 
+    /// The milter on TCP without the trace header: what a site runs, so the decision shows only
+    /// in the log, the quarantine and the signed mark.
+    pub fn milter_without_trace_header(extra: &str) -> Stormbreaker {
+        Self::start_milter(false, false, extra)
+    }
+
     /// The milter on a unix socket (or TCP) with or without the trace header.
     pub fn start_milter(unix: bool, trace_header: bool, extra: &str) -> Stormbreaker {
         let dir = scratch_dir("sb-milter.");
