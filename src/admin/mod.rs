@@ -517,7 +517,7 @@ async fn release(
         retry_delay: Duration::from_secs(1),
         who: c.name.clone(),
     };
-    let target = a.shared.target.load_full();
+    let target = a.shared.reinject.load_full();
     let mut results = Vec::with_capacity(req.ids.len());
     for id in &req.ids {
         let outcome = a.quarantine.release(id, &target, &opts).await;

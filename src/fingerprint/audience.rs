@@ -4,8 +4,8 @@
 //! alias maps and the directory (`crate::lists`), which builds and swaps this table.
 
 use super::{hash_bytes, hash_lowercase};
-use crate::config::HoldAction;
 use crate::envelope::Recipient;
+use crate::verdict::HoldAction;
 use std::collections::HashMap;
 use std::time::Duration;
 
