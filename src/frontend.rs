@@ -99,6 +99,8 @@ pub struct Shared {
     pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// The upstream MTA: address, our EHLO name, deadlines, TLS.
     pub target: ArcSwap<Target>,
+    /// Where releases and alerts go (`[reinject]`, else the upstream).
+    pub reinject: ArcSwap<Target>,
 }
 
 impl Shared {
@@ -111,7 +113,10 @@ impl Shared {
     ) -> anyhow::Result<Self> {
         let pool = UpstreamPool::new(PoolLimits::from_config(&config.upstream));
         let target = upstream_target(&config).map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
+        let reinject =
+            reinject_target(&config).map_err(|e| anyhow::anyhow!("reinject.tls: {e}"))?;
         Ok(Shared {
+            reinject: ArcSwap::new(Arc::new(reinject)),
             config: ArcSwap::new(config),
             engine: ArcSwap::new(engine),
             quarantine,
@@ -127,6 +132,8 @@ impl Shared {
     /// closed.
     pub async fn reload(&self, config: Arc<Config>, engine: Arc<Engine>) -> Result<(), String> {
         let target = upstream_target(&config)?;
+        let reinject = reinject_target(&config)?;
+        self.reinject.store(Arc::new(reinject));
         let moved = self.target.load().address != target.address;
         self.config.store(config);
         self.engine.store(engine);
@@ -138,24 +145,53 @@ impl Shared {
     }
 }
 
-/// The upstream as `[upstream]` describes it: where the proxy relays, and where releases and
-/// alerts go.
+/// The upstream as `[upstream]` describes it: where the proxy relays.
 pub fn upstream_target(config: &Config) -> Result<Target, String> {
     let up = &config.upstream;
-    let tls = match up.tls {
+    target(
+        config,
+        &up.address,
+        up.tls,
+        up.tls_ca.as_deref(),
+        up.tls_name.as_deref(),
+    )
+}
+
+/// Where released messages and alerts go: `[reinject]`, else `[upstream]`.
+pub fn reinject_target(config: &Config) -> Result<Target, String> {
+    match &config.reinject {
+        Some(r) => target(
+            config,
+            &r.address,
+            r.tls,
+            r.tls_ca.as_deref(),
+            r.tls_name.as_deref(),
+        ),
+        None => upstream_target(config),
+    }
+}
+
+fn target(
+    config: &Config,
+    address: &str,
+    tls: crate::config::UpstreamTls,
+    ca: Option<&std::path::Path>,
+    name: Option<&str>,
+) -> Result<Target, String> {
+    let tls = match tls {
         crate::config::UpstreamTls::None => None,
         crate::config::UpstreamTls::Starttls => {
-            let connector = crate::tls::connector(up.tls_ca.as_deref())?;
-            let name = crate::tls::server_name(up.tls_name.as_deref(), &up.address)?;
+            let connector = crate::tls::connector(ca)?;
+            let name = crate::tls::server_name(name, address)?;
             Some(Arc::new(ClientTls { connector, name }))
         }
     };
     Ok(Target {
-        address: up.address.clone(),
+        address: address.to_string(),
         hostname: config.proxy.hostname.clone(),
         timeouts: Timeouts {
-            connect: up.connect_timeout,
-            reply: up.reply_timeout,
+            connect: config.upstream.connect_timeout,
+            reply: config.upstream.reply_timeout,
         },
         tls,
     })

@@ -49,8 +49,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let quarantine = Quarantine::open(&config.quarantine.dir)
         .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
-    let target = crate::proxy::session::upstream_target(&config)
-        .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
+    let target =
+        crate::frontend::reinject_target(&config).map_err(|e| anyhow::anyhow!("reinject: {e}"))?;
     let notifier = Arc::new(Notifier::new(&config, config_path, target));
     let (stop_tx, stop_rx) = watch::channel(false);
     // The in-process store forgets open breakers with the process: take them back from the
@@ -223,7 +223,7 @@ async fn reload(
     let lists = shared.engine.load().lists().clone();
     lists.reconfigure(&config);
     lists.reload();
-    if let Ok(target) = crate::proxy::session::upstream_target(&config) {
+    if let Ok(target) = crate::frontend::reinject_target(&config) {
         notifier.reload(&config, target);
     }
     // The console follows `shared`; only its token file is read again here.

@@ -1,6 +1,19 @@
 //! The one verdict type both front ends act on, so the proxy and the milter cannot drift.
 
-use crate::config::HoldAction;
+/// What happens to a message a breaker holds (`[policy] action`, per list `action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldAction {
+    /// Keep it on disk, releasable; the client hears 250.
+    #[default]
+    Quarantine,
+    /// 550 5.7.1 with an explanation.
+    Reject,
+    /// 451 4.7.1: the sender's MTA retries after the block.
+    Tempfail,
+    /// Dry run: deliver, and log "would hold".
+    Log,
+}
 
 /// What a front end does with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -519,7 +519,7 @@ async fn release(
         // Marked as released, so a stormbreaker milter on the upstream does not hold it again.
         mark: a.engine().mark_key().cloned(),
     };
-    let target = a.shared.target.load_full();
+    let target = a.shared.reinject.load_full();
     let mut results = Vec::with_capacity(req.ids.len());
     for id in &req.ids {
         let outcome = a.quarantine.release(id, &target, &opts).await;

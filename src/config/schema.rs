@@ -15,6 +15,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// Where stormbreaker's own mail goes (releases, alerts); `[upstream]` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinject: Option<ReinjectConfig>,
     #[serde(default)]
     pub quarantine: QuarantineConfig,
     #[serde(default)]
@@ -166,6 +169,18 @@ pub struct UpstreamConfig {
     pub tls_name: Option<String>,
 }
 
+/// Where released messages and alerts go when that is not `[upstream]`: in front of a
+/// submission server that requires AUTH, or with the milter (a port that does not call it).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReinjectConfig {
+    /// host:port of an MTA that relays for this host without AUTH.
+    pub address: String,
+    pub tls: UpstreamTls,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_name: Option<String>,
+}
+
 /// How the proxy tells the upstream who the real client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PassClient {
@@ -264,20 +279,7 @@ impl Default for QuarantineConfig {
     }
 }
 
-/// What happens to a message a breaker holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum HoldAction {
-    /// Keep it on disk, releasable; the client hears 250.
-    #[default]
-    Quarantine,
-    /// 550 5.7.1 with an explanation.
-    Reject,
-    /// 451 4.7.1: the sender's MTA retries after the block.
-    Tempfail,
-    /// Dry run: deliver, and log "would hold".
-    Log,
-}
+pub use crate::verdict::HoldAction;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -98,6 +98,20 @@ impl Config {
     /// The STARTTLS certificate and key, when set, must load (so `check-config` finds a bad
     /// file before `run` does).
     fn check_tls(&self) -> Result<(), (String, String)> {
+        if let Some(r) = &self.reinject {
+            if r.address.parse::<SocketAddr>().is_err() {
+                return Err((
+                    "reinject.address".into(),
+                    "must be an IP address and port, e.g. \"127.0.0.1:10025\"".into(),
+                ));
+            }
+            if r.tls == UpstreamTls::Starttls {
+                crate::tls::connector(r.tls_ca.as_deref())
+                    .map_err(|e| ("reinject.tls_ca".to_string(), e))?;
+                crate::tls::server_name(r.tls_name.as_deref(), &r.address)
+                    .map_err(|e| ("reinject.tls_name".to_string(), e))?;
+            }
+        }
         if self.upstream.tls == UpstreamTls::Starttls {
             crate::tls::connector(self.upstream.tls_ca.as_deref())
                 .map_err(|e| ("upstream.tls_ca".to_string(), e))?;

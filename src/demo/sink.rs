@@ -5,8 +5,8 @@
 //! and strict DATA framing. [`Faults`] make it defer recipients or hang up after the final dot,
 //! so tests can see what a sender (a quarantine release) does then.
 
-use crate::config::BareNewline;
 use crate::smtp::command::{self, Command, Line};
+use crate::smtp::data::BareNewline;
 use crate::smtp::data::DataDecoder;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -7,8 +7,8 @@
 //! carries whole); the engine takes the wider.
 
 use super::{hash_lowercase, hash_u64s};
-use crate::config::HoldAction;
 use crate::envelope::Recipient;
+use crate::verdict::HoldAction;
 use std::collections::HashMap;
 use std::time::Duration;
 

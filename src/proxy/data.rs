@@ -174,9 +174,7 @@ impl DataPhase {
             Disposition::Hold => {
                 // Held: the upstream must never see this message's final dot.
                 cx.upstream.abandon_data();
-                let Some(q) = cx.shared.quarantine.clone() else {
-                    return None;
-                };
+                let q = cx.shared.quarantine.clone()?;
                 match tokio::task::spawn_blocking(move || q.begin()).await {
                     Ok(Ok(writer)) => Sink::Hold(Box::new(writer)),
                     failed => {

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 /// RFC 4954 4: a line of an AUTH exchange may be this long (base64 of a large ticket).
 const MAX_AUTH_LINE: usize = 12288;
 
-pub use crate::frontend::{Shared, upstream_target};
+pub use crate::frontend::{Shared, reinject_target, upstream_target};
 
 /// Signals from the server: `draining` (no new transactions), then `stop` (421 now).
 #[derive(Clone)]

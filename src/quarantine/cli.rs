@@ -177,8 +177,8 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
                 Ok(ids) => ids,
                 Err(code) => return Ok(code),
             };
-            let upstream = crate::proxy::session::upstream_target(config)
-                .map_err(|e| anyhow::anyhow!("upstream.tls: {e}"))?;
+            let upstream = crate::frontend::reinject_target(config)
+                .map_err(|e| anyhow::anyhow!("reinject: {e}"))?;
             let mark = match crate::mark::MarkKey::load_or_create(&config.mark_key_path()) {
                 Ok(key) => Some(key),
                 Err(e) => {

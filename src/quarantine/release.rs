@@ -70,8 +70,9 @@ pub enum ReleaseError {
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
     #[error(
-        "[upstream] address is not set: it names the MTA port held mail is released to (with the \
-         milter, a port without it, e.g. 127.0.0.1:10025 with -o smtpd_milters=)"
+        "no MTA to release to: set [upstream] address, or [reinject] address for a port that \
+         relays for this host (with the milter, one that does not call it, e.g. 127.0.0.1:10025 \
+         with -o smtpd_milters=)"
     )]
     NoUpstream,
     #[error("{0} was already released to every recipient; use --force to send it again")]
