@@ -128,7 +128,9 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store that tracks at most `max_threads` entries (keys, links, message records).
+    /// A store that tracks at most `max_threads` thread entries (storms and the keys linked to
+    /// them) and, apart, at most `max_threads` records of decided messages (short-lived: they
+    /// only make the copies of a split message one decision).
     pub fn new(max_threads: usize) -> MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
@@ -137,10 +139,9 @@ impl MemoryStore {
         }
     }
 
-    /// Entries tracked now: keys, links and decided messages.
+    /// Thread entries tracked now: storms and linked keys (what `max_threads` bounds).
     pub fn len(&self) -> usize {
-        let inner = self.lock();
-        inner.entries.len() + inner.seen.len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

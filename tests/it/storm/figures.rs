@@ -168,7 +168,7 @@ fn ordinary(tag: &str, round: usize) -> Vec<Mail> {
 enum FrontEnd {
     Proxy(Stormbreaker),
     Milter {
-        _sb: Stormbreaker,
+        sb: Stormbreaker,
         postfix: Postfix,
         _sink: Sink,
     },
@@ -209,17 +209,8 @@ impl FrontEnd {
         match self {
             FrontEnd::Proxy(p) => from_quarantine(p),
             FrontEnd::TwoProxies(p) => [from_quarantine(&p[0]), from_quarantine(&p[1])].concat(),
-            FrontEnd::Milter { postfix, .. } => postfix
-                .queue()
-                .into_iter()
-                .filter(|m| m["queue_name"] == "hold")
-                .map(|m| {
-                    (
-                        m["sender"].as_str().unwrap_or("").to_string(),
-                        m["recipients"].as_array().map_or(0, |r| r.len()),
-                    )
-                })
-                .collect(),
+            // The milter keeps what it holds in its quarantine; Postfix discards its copy.
+            FrontEnd::Milter { sb, .. } => from_quarantine(sb),
         }
     }
 }
@@ -327,7 +318,7 @@ fn storm_figures() {
             let s = split_sender(postfix.port);
             (
                 FrontEnd::Milter {
-                    _sb: sb,
+                    sb,
                     postfix,
                     _sink: milter_sink.clone(),
                 },
