@@ -43,6 +43,10 @@ struct Idle {
 pub struct UpstreamPool {
     limits: PoolLimits,
     idle: Mutex<Vec<Idle>>,
+    /// The XCLIENT attributes the upstream at this address offered in its last EHLO to us:
+    /// a new connection for an XCLIENT session then says XCLIENT straight after the greeting
+    /// (Postfix takes it before EHLO), saving the EHLO round trip the answer would only repeat.
+    xclient_offer: Mutex<Option<(String, Vec<String>)>>,
 }
 
 impl UpstreamPool {
@@ -50,7 +54,23 @@ impl UpstreamPool {
         UpstreamPool {
             limits,
             idle: Mutex::new(Vec::new()),
+            xclient_offer: Mutex::new(None),
         }
+    }
+
+    /// The XCLIENT attributes `address` offered last time, if it did.
+    pub fn known_xclient(&self, address: &str) -> Option<Vec<String>> {
+        let offer = self.xclient_offer.lock().unwrap_or_else(|p| p.into_inner());
+        offer
+            .as_ref()
+            .filter(|(at, _)| at == address)
+            .map(|(_, attrs)| attrs.clone())
+    }
+
+    /// Records what `address` offered in an EHLO to us (nothing: forgets the offer).
+    pub fn learn_xclient(&self, address: &str, attrs: &[String]) {
+        let mut offer = self.xclient_offer.lock().unwrap_or_else(|p| p.into_inner());
+        *offer = (!attrs.is_empty()).then(|| (address.to_string(), attrs.to_vec()));
     }
 
     /// The most recently used idle connection that still looks open. Stale ones are dropped
@@ -63,6 +83,15 @@ impl UpstreamPool {
             }
         }
         None
+    }
+
+    /// Whether a connection is waiting idle.
+    pub fn has_idle(&self) -> bool {
+        !self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Keeps `up` for reuse, or hands it back when the pool is full or `up` has carried enough;

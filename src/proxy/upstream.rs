@@ -113,7 +113,12 @@ impl UpstreamLink {
             stale.quit().await;
         }
         if self.conn.is_none() {
-            self.connect(target, pool).await?;
+            match xclient.zip(known_xclient(target, pool)) {
+                Some((identity, attrs)) => {
+                    self.connect_xclient(target, pool, &attrs, identity).await?
+                }
+                None => self.connect(target, pool).await?,
+            }
         }
         if let (Some(identity), false) = (xclient, self.xclient_tried)
             && let Some(conn) = self.conn.as_mut()
@@ -140,6 +145,30 @@ impl UpstreamLink {
         Ok(())
     }
 
+    /// A new connection that said XCLIENT right after the greeting (`known_xclient`).
+    async fn connect_xclient(
+        &mut self,
+        target: &Target,
+        pool: &UpstreamPool,
+        attrs: &[String],
+        identity: &ClientIdentity,
+    ) -> Result<(), ClientError> {
+        metrics::counter!(crate::admin::metric::UPSTREAM_CONNECTS).increment(1);
+        let (conn, passed) = SmtpClient::connect_with_xclient(target, attrs, identity).await?;
+        self.conn = Some(conn);
+        self.from_pool = false;
+        self.xclient_tried = true;
+        self.xclient_passed = passed;
+        self.xclient_helo = passed.then(|| (identity.helo.clone(), identity.esmtp));
+        self.authenticated = false;
+        self.personal = passed;
+        self.stage = Stage::Commands;
+        if !passed {
+            pool.learn_xclient(&target.address, &[]);
+        }
+        Ok(())
+    }
+
     async fn connect(&mut self, target: &Target, pool: &UpstreamPool) -> Result<(), ClientError> {
         let (conn, from_pool) = match pool.take() {
             Some(conn) => {
@@ -148,7 +177,11 @@ impl UpstreamLink {
             }
             None => {
                 metrics::counter!(crate::admin::metric::UPSTREAM_CONNECTS).increment(1);
-                (SmtpClient::connect(target).await?, false)
+                let conn = SmtpClient::connect(target).await?;
+                if target.tls.is_none() {
+                    pool.learn_xclient(&target.address, &conn.extensions.xclient);
+                }
+                (conn, false)
             }
         };
         self.conn = Some(conn);
@@ -402,6 +435,16 @@ impl UpstreamLink {
             conn.quit().await;
         }
     }
+}
+
+/// XCLIENT may go first on a new connection when the upstream at this address offered it
+/// last time, no idle connection (already past EHLO) is waiting, and no STARTTLS must come
+/// first.
+fn known_xclient(target: &Target, pool: &UpstreamPool) -> Option<Vec<String>> {
+    if target.tls.is_some() || pool.has_idle() {
+        return None;
+    }
+    pool.known_xclient(&target.address)
 }
 
 #[cfg(test)]

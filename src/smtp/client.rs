@@ -184,6 +184,45 @@ impl SmtpClient {
     /// Connects, reads the 220 greeting, introduces itself with EHLO (HELO if refused), and
     /// with `target.tls` runs STARTTLS and EHLO again.
     pub async fn connect(target: &Target) -> Result<SmtpClient, ClientError> {
+        let mut client = Self::greeted(target).await?;
+        client.hello(&target.hostname).await?;
+        if let Some(tls) = &target.tls {
+            client.start_tls(tls).await?;
+            client.hello(&target.hostname).await?;
+        }
+        Ok(client)
+    }
+
+    /// Connects for a session that tells the server the real client, when the server is
+    /// known to offer XCLIENT with `attrs` (its last EHLO to us said so) and no TLS is
+    /// wanted: XCLIENT straight after the greeting, then EHLO as the client. This saves the
+    /// EHLO whose answer XCLIENT's new session would replace (one round trip, a tenth of the
+    /// upstream leg's segments). A server that refuses XCLIENT before EHLO gets the usual
+    /// EHLO, XCLIENT, EHLO. Returns the client and whether the server took XCLIENT.
+    pub async fn connect_with_xclient(
+        target: &Target,
+        attrs: &[String],
+        client: &ClientIdentity,
+    ) -> Result<(SmtpClient, bool), ClientError> {
+        let mut conn = Self::greeted(target).await?;
+        let reply = conn
+            .command(identity_command("XCLIENT", attrs, client).as_bytes())
+            .await?;
+        if (200..300).contains(&reply.code) {
+            conn.hello(&client.helo).await?;
+            return Ok((conn, true));
+        }
+        if reply.code == 421 {
+            return Err(ClientError::Refused(reply.summary()));
+        }
+        tracing::debug!(reply = %reply.summary(), "XCLIENT before EHLO refused; EHLO first");
+        conn.hello(&target.hostname).await?;
+        let passed = conn.pass_client_xclient(client).await?;
+        Ok((conn, passed))
+    }
+
+    /// Connects and reads the 220 greeting.
+    async fn greeted(target: &Target) -> Result<SmtpClient, ClientError> {
         let addr = &target.address;
         let stream = match timeout(target.timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -209,11 +248,6 @@ impl SmtpClient {
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
             return Err(ClientError::Refused(greeting.summary()));
-        }
-        client.hello(&target.hostname).await?;
-        if let Some(tls) = &target.tls {
-            client.start_tls(tls).await?;
-            client.hello(&target.hostname).await?;
         }
         Ok(client)
     }

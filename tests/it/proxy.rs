@@ -642,3 +642,49 @@ fn postfix_as_the_sending_mta_delivers_every_message() {
         }
     }
 }
+
+/// Once the upstream has offered XCLIENT, a new upstream connection says XCLIENT right after
+/// the greeting (Postfix takes it before EHLO), and Postfix still records each real client.
+#[test]
+fn a_known_xclient_upstream_is_told_the_client_before_any_ehlo() {
+    let tap = crate::support::peers::Tap::start(relay().postfix.port);
+    let sb = Stormbreaker::proxy(tap.port, "", "");
+    let tokens = [token("xfirst-a"), token("xfirst-b")];
+    for (helo, t) in ["first.example", "second.example"].iter().zip(&tokens) {
+        let out = swaks(
+            sb.port,
+            &[
+                "--ehlo",
+                helo,
+                "--from",
+                "a@corp.test",
+                "--to",
+                "b@corp.test",
+                "--header",
+                &format!("Subject: {t}"),
+            ],
+        );
+        assert!(
+            text(&out).contains("250 2.0.0 Ok: queued as"),
+            "{}",
+            text(&out)
+        );
+        let m = delivered(t).expect("delivered");
+        assert!(m.text().contains(&format!("from {helo}")), "{}", m.text());
+    }
+    // What the proxy wrote first on each upstream connection (the tap's own probe wrote
+    // nothing): EHLO on the first, which learned the offer, XCLIENT on the second.
+    let chunks = tap.chunks();
+    let mut first_writes: Vec<(u32, String)> = Vec::new();
+    for c in chunks.iter().filter(|c| c.direction == "C>S") {
+        if !first_writes.iter().any(|(conn, _)| *conn == c.conn) {
+            first_writes.push((c.conn, String::from_utf8_lossy(&c.bytes).into_owned()));
+        }
+    }
+    first_writes.sort();
+    let verbs: Vec<&str> = first_writes
+        .iter()
+        .map(|(_, w)| w.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(verbs, ["EHLO", "XCLIENT"], "{first_writes:?}");
+}
