@@ -17,7 +17,7 @@ Files:
   /var/spool/stormbreaker/quarantine/          held messages ([quarantine] dir)
   /var/spool/stormbreaker/quarantine/audit.log one JSON line per hold, release, delete, trip
   /run/stormbreaker/                           the milter's unix socket, if configured
-  /lib/systemd/system/stormbreaker.service     the unit: `systemctl reload stormbreaker` is SIGHUP
+  /usr/lib/systemd/system/stormbreaker.service the unit: `systemctl reload stormbreaker` is SIGHUP
 
 Signals (to `run`): SIGHUP reads the policy file again (a file that does not validate is logged
 and the running configuration stays); SIGTERM and SIGINT stop accepting and let transactions in
