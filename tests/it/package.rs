@@ -74,7 +74,7 @@ fn installed() -> &'static Installed {
     static INSTALLED: OnceLock<Installed> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         assert!(
-            nix_is_root(),
+            running_as_root(),
             "the package tests install a .deb and switch users: run them as root (CI does)"
         );
         // The profile that built the binaries of this test run (cargo test: dev).
@@ -126,7 +126,7 @@ fn installed() -> &'static Installed {
     })
 }
 
-fn nix_is_root() -> bool {
+fn running_as_root() -> bool {
     text(&run(Command::new("id").arg("-u"))).trim() == "0"
 }
 
