@@ -2,7 +2,8 @@
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
 # tests talk to (Postfix, Redis, swaks, openssl for a test certificate, slapd and ldap-utils for
 # the LDAP list sources, Chromium and Python's playwright and prometheus_client for the console
-# and metrics tests) when they are missing, then runs formatting, lints and every test.
+# and metrics tests, cargo-deb, systemd-analyze and logrotate for the package test) when they are
+# missing, then runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ command -v openssl >/dev/null || need+=(openssl)
 # LDAP list sources are tested against a private slapd, filled with ldapadd.
 command -v slapd >/dev/null || need+=(slapd)
 command -v ldapadd >/dev/null || need+=(ldap-utils)
+# The package test: systemd-analyze judges the unit, logrotate runs the package's file, dpkg-deb
+# and setpriv (util-linux) are in every Debian.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v logrotate >/dev/null || need+=(logrotate)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; run as root to install them" >&2
@@ -40,6 +45,13 @@ if [ ${#pip_need[@]} -gt 0 ]; then
   fi
   echo "installing ${pip_need[*]} (pip)"
   python3 -m pip install -q "${pip_need[@]}"
+fi
+
+# cargo-deb builds the .deb (packaging/build-deb.sh, tests/it/package.rs): from crates.io when
+# missing, once (about a minute).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb (cargo install)"
+  cargo install cargo-deb --locked --quiet --version '^3.8'
 fi
 
 # The other real MTAs (Exim, Sendmail, Postfix with SASL; scripts/peers/README.md): installed or

@@ -12,9 +12,11 @@
 //! - `quarantine/`: durable hold, list, release, delete, purge.
 //! - `config`: the TOML policy file.
 //! - `replay`: the policy over past mail (mbox, Maildir): what would have tripped.
+//! - `cli`: the command line (the binary and its man pages); `service`: `stormbreaker run`.
 
 pub mod admin;
 pub mod breaker;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;

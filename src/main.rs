@@ -1,99 +1,10 @@
 //! The `stormbreaker` binary: a thin layer over the library.
 
-use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use clap::Parser;
+use std::path::Path;
 use std::process::ExitCode;
+use stormbreaker::cli::{BreakerCommand, Cli, Command, ConfigArg, ConfigCommand};
 use stormbreaker::config::Config;
-
-#[derive(Parser)]
-#[command(
-    name = "stormbreaker",
-    version,
-    about = "SMTP reply-all storm circuit breaker"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the SMTP proxy and/or milter described by the policy file.
-    Run {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Validate a policy file and what it names (lists file, quarantine folder, certificates,
-    /// socket folders): exit 0, or exit 2 naming the file, line and key at fault.
-    CheckConfig {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// The effective configuration, every default filled in (like `postconf`).
-    Config {
-        #[arg(long, global = true)]
-        config: Option<PathBuf>,
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// See, trip or reset breakers in a running stormbreaker (through `[admin] listen`, with
-    /// the token of `[admin] token_file` named like the user running it, else the first).
-    Breaker {
-        #[arg(long, global = true)]
-        config: Option<PathBuf>,
-        #[command(subcommand)]
-        command: BreakerCommand,
-    },
-    /// Replay an Atos-shaped reply-all storm through the proxy and a built-in sink (no MTA).
-    Demo,
-    /// Run the policy over past mail (an mbox or a Maildir) in arrival order: which storms
-    /// would have tripped, when, what would have been held, the deliveries avoided. Nothing is
-    /// sent, held or shared: the breakers live in this process only.
-    Replay {
-        /// An mbox file.
-        #[arg(long, conflicts_with = "maildir", required_unless_present = "maildir")]
-        mbox: Option<PathBuf>,
-        /// A Maildir folder (with cur/ and new/).
-        #[arg(long)]
-        maildir: Option<PathBuf>,
-        /// The policy file whose thresholds and lists are replayed.
-        #[arg(long)]
-        config: PathBuf,
-        /// The whole report, every message's decision included, as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Inspect, release and delete held messages.
-    Quarantine {
-        /// The policy file (before or after the subcommand).
-        #[arg(long, global = true)]
-        config: Option<PathBuf>,
-        #[command(subcommand)]
-        command: stormbreaker::quarantine::cli::Command,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Print the effective configuration as TOML.
-    Dump,
-}
-
-#[derive(Subcommand)]
-enum BreakerCommand {
-    /// Breakers open now, as JSON: each storm's id (the key that started it), its other keys,
-    /// rule, phase, times and counts.
-    List,
-    /// Open a storm's breaker by hand; a key no message has had yet starts one, so a thread can
-    /// be stopped before it storms. KEY: 'subj:Quarterly results' (reply prefixes are
-    /// stripped), mid:budget-2027@corp.test (a Message-ID, brackets optional), tidx:GUID (32 hex
-    /// digits of an Outlook Thread-Index), wave:all@corp.test, or a storm id from `list`.
-    /// Anything else is refused (exit 2).
-    Trip { key: String },
-    /// Close the breaker of the storm KEY belongs to (its id or any of its keys) and forget its
-    /// counts: every hold of the storm stops. A key no storm has is refused (exit 2).
-    Reset { key: String },
-}
 
 fn breaker(config: &Config, command: BreakerCommand) -> anyhow::Result<ExitCode> {
     let client = stormbreaker::admin::client::AdminClient::from_config(config)?;
@@ -150,19 +61,15 @@ fn error_text(body: &str) -> String {
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("stormbreaker: {e}");
+        if path == Path::new(stormbreaker::cli::DEFAULT_CONFIG) && !path.exists() {
+            eprintln!(
+                "stormbreaker: that is the default policy file; name another with --config FILE \
+                 or {}",
+                stormbreaker::cli::CONFIG_ENV
+            );
+        }
         ExitCode::from(2)
     })
-}
-
-/// For the commands whose `--config` may stand before or after their subcommand.
-fn load_required(path: Option<&Path>, command: &str) -> Result<Config, ExitCode> {
-    match path {
-        Some(path) => load(path),
-        None => {
-            eprintln!("stormbreaker {command}: --config FILE is required");
-            Err(ExitCode::from(2))
-        }
-    }
 }
 
 /// Runs an async command to its end; errors are printed with their causes. A closed pipe
@@ -197,10 +104,26 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("tokio runtime")
 }
 
+/// `quarantine` commands run by root act as the quarantine folder's owner (the service's
+/// user): held messages they move or create stay writable by the service.
+fn quarantine(config: &Config, command: stormbreaker::quarantine::cli::Command) -> ExitCode {
+    if let Err(e) = stormbreaker::service::privileges::become_owner_of(&config.quarantine.dir) {
+        eprintln!("stormbreaker quarantine: {e}");
+        return ExitCode::FAILURE;
+    }
+    finish(
+        "quarantine",
+        stormbreaker::quarantine::cli::run(config, command),
+        |code| ExitCode::from(code as u8),
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config: path } => match load(&path) {
+        Command::CheckConfig {
+            config: ConfigArg { path },
+        } => match load(&path) {
             Ok(config) => match config.check_files(&path) {
                 Ok(()) => {
                     println!("{}: ok", path.display());
@@ -213,7 +136,7 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Config { config, command } => match load_required(config.as_deref(), "config") {
+        Command::Config { config, command } => match load(&config.path) {
             Ok(config) => match command {
                 ConfigCommand::Dump => {
                     print!("{}", config.dump());
@@ -222,7 +145,9 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Run { config: path } => match load(&path).and_then(|c| {
+        Command::Run {
+            config: ConfigArg { path },
+        } => match load(&path).and_then(|c| {
             c.check_files(&path).map(|()| c).map_err(|e| {
                 eprintln!("stormbreaker: {e}");
                 ExitCode::from(2)
@@ -238,7 +163,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Breaker { config, command } => match load_required(config.as_deref(), "breaker") {
+        Command::Breaker { config, command } => match load(&config.path) {
             Ok(config) => finish("breaker", breaker(&config, command), |code| code),
             Err(code) => code,
         },
@@ -247,7 +172,7 @@ fn main() -> ExitCode {
             maildir,
             config,
             json,
-        } => match load(&config) {
+        } => match load(&config.path) {
             Ok(config) => {
                 let mailbox = match (mbox, maildir) {
                     (Some(path), _) => stormbreaker::replay::Mailbox::Mbox(path),
@@ -265,15 +190,9 @@ fn main() -> ExitCode {
             runtime().block_on(stormbreaker::demo::run()),
             |()| ExitCode::SUCCESS,
         ),
-        Command::Quarantine { config, command } => {
-            match load_required(config.as_deref(), "quarantine") {
-                Ok(config) => finish(
-                    "quarantine",
-                    stormbreaker::quarantine::cli::run(&config, command),
-                    |code| ExitCode::from(code as u8),
-                ),
-                Err(code) => code,
-            }
-        }
+        Command::Quarantine { config, command } => match load(&config.path) {
+            Ok(config) => quarantine(&config, command),
+            Err(code) => code,
+        },
     }
 }

@@ -1,4 +1,8 @@
-//! `stormbreaker run`: start the configured front ends on one engine and stop them on SIGTERM.
+//! `stormbreaker run`: bind every listener, become `[service] user` if started as root, start
+//! the configured front ends on one engine, tell systemd when ready, and stop on SIGTERM.
+
+pub mod privileges;
+pub mod systemd;
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -15,6 +19,86 @@ const LIST_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Tells long-running tasks that shutdown has begun: `*rx.borrow()` turns true.
 pub type Shutdown = watch::Receiver<bool>;
 
+/// Every socket `run` serves, bound before privileges are dropped: port 25 needs root or
+/// CAP_NET_BIND_SERVICE, and the milter's socket folder may be root's.
+struct Listeners {
+    proxy: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+    milter: Option<crate::milter::Listener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let proxy = match config.proxy.listen {
+            Some(listen) => Some(
+                tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("proxy.listen {listen}: {e}"))?,
+            ),
+            None => None,
+        };
+        let admin = match config.admin.listen {
+            Some(listen) => Some(crate::admin::bind(listen).await?),
+            None => None,
+        };
+        let milter = match &config.milter.listen {
+            Some(listen) => Some(crate::milter::Listener::bind(listen).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            admin,
+            milter,
+        })
+    }
+
+    /// "proxy 0.0.0.0:25, milter /run/stormbreaker/milter.sock": systemd's STATUS= line.
+    fn describe(&self) -> String {
+        let address = |l: &tokio::net::TcpListener| {
+            l.local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        };
+        let mut parts = Vec::new();
+        if let Some(l) = &self.proxy {
+            parts.push(format!("proxy {}", address(l)));
+        }
+        if let Some(l) = &self.milter {
+            parts.push(format!("milter {}", l.name()));
+        }
+        if let Some(l) = &self.admin {
+            parts.push(format!("console {}", address(l)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Becomes `[service] user` when started as root; refuses to start as anyone else but that
+/// user. Returns the user switched to, for error messages.
+fn drop_privileges(config: &Config) -> anyhow::Result<Option<String>> {
+    let account = privileges::Account::resolve(&config.service)
+        .map_err(|(key, e)| anyhow::anyhow!("{key}: {e}"))?;
+    match account {
+        Some(account) => match privileges::become_account(&account) {
+            Ok(privileges::Switch::Dropped) => {
+                tracing::info!(user = %account.user, group = %account.group,
+                    "listeners bound; now running as the service user");
+                Ok(Some(account.user))
+            }
+            Ok(privileges::Switch::Already) => Ok(Some(account.user)),
+            Err(e) => Err(anyhow::anyhow!("service.user: {e}")),
+        },
+        None => {
+            if nix::unistd::geteuid().is_root() {
+                tracing::warn!(
+                    "running as root: set [service] user (or systemd's User=) so that a fault \
+                     in mail handling cannot act as root"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the proxy and/or the milter until SIGTERM or SIGINT. `config_path` is named in alerts
 /// (the release command admins are told to run).
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
@@ -23,6 +107,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Then the sockets, while the process may still be root; nothing else is read or written
+    // before privileges are dropped, so everything in the spool belongs to the service user.
+    let listeners = Listeners::bind(&config).await?;
+    let listening = listeners.describe();
+    let user = drop_privileges(&config)?;
     let config = Arc::new(config);
     // Before anything counts: every metric is then present (at 0) from the first scrape.
     let metrics = crate::admin::metrics_handle(&config);
@@ -47,8 +136,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             ),
         }
     }
-    let quarantine = Quarantine::open(&config.quarantine.dir)
-        .map_err(|e| anyhow::anyhow!("quarantine.dir {}: {e}", config.quarantine.dir.display()))?;
+    let quarantine = Quarantine::open(&config.quarantine.dir).map_err(|e| {
+        let who = user
+            .as_ref()
+            .map_or(String::new(), |u| format!(" (as user {u})"));
+        anyhow::anyhow!(
+            "quarantine.dir {}{who}: {e}",
+            config.quarantine.dir.display()
+        )
+    })?;
     let target =
         crate::frontend::reinject_target(&config).map_err(|e| anyhow::anyhow!("reinject: {e}"))?;
     let notifier = Arc::new(Notifier::new(&config, config_path, target));
@@ -98,10 +194,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         shared.tls.store(Some(Arc::new(acceptor)));
     }
 
-    if let Some(listen) = config.proxy.listen {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("proxy.listen {listen}: {e}"))?;
+    if let Some(listener) = listeners.proxy {
+        let listen = listener.local_addr()?;
         tracing::info!(%listen, upstream = %config.upstream.address, "SMTP proxy listening");
         tasks.spawn(crate::proxy::server::serve(
             shared.clone(),
@@ -109,29 +203,41 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
-    let admin = match config.admin.listen {
-        Some(listen) => {
+    let admin = match listeners.admin {
+        Some(listener) => {
             let admin = Arc::new(crate::admin::Admin::new(
                 shared.clone(),
                 quarantine.clone(),
                 metrics,
             )?);
-            tasks.spawn(crate::admin::serve(listen, admin.clone(), stop_rx.clone()));
+            tasks.spawn(crate::admin::serve(
+                listener,
+                admin.clone(),
+                stop_rx.clone(),
+            ));
             Some(admin)
         }
         None => None,
     };
-    if let Some(listen) = config.milter.listen.clone() {
+    if let Some(listener) = listeners.milter {
         tasks.spawn(crate::milter::serve(
             shared.clone(),
-            listen,
+            listener,
             stop_rx.clone(),
         ));
     }
+    systemd::ready(&format!("listening: {listening}"));
 
     loop {
         tokio::select! {
-            _ = sighup.recv() => reload(config_path, &shared, &notifier, admin.as_deref()).await,
+            _ = sighup.recv() => {
+                systemd::reloading();
+                let status = match reload(config_path, &shared, &notifier, admin.as_deref()).await {
+                    true => format!("listening: {listening}; policy reloaded"),
+                    false => format!("listening: {listening}; the last reload was refused (see the log)"),
+                };
+                systemd::ready(&status);
+            }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: no new sessions, finishing those in flight");
                 break;
@@ -141,12 +247,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 break;
             }
             Some(done) = tasks.join_next() => {
-                // A front end ended on its own: that is an error (a bind or accept failure).
+                // A front end ended on its own: that is an error (an accept failure).
+                systemd::stopping("a listener failed");
                 done??;
                 break;
             }
         }
     }
+    systemd::stopping("finishing sessions in flight");
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         done??;
@@ -186,7 +294,7 @@ async fn reload(
     shared: &Shared,
     notifier: &Notifier,
     admin: Option<&crate::admin::Admin>,
-) {
+) -> bool {
     let loaded = Config::load(path)
         .and_then(|c| c.check_files(path).map(|()| c))
         .map_err(|e| e.to_string());
@@ -194,14 +302,14 @@ async fn reload(
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: the policy file does not validate; the running configuration stays");
-            return;
+            return false;
         }
     };
     let engine = match shared.engine.load().rebuilt(&config) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "SIGHUP: the policy does not load; the running configuration stays");
-            return;
+            return false;
         }
     };
     let tls = match load_tls(&config) {
@@ -209,13 +317,13 @@ async fn reload(
         Some(Ok(acceptor)) => Some(Arc::new(acceptor)),
         Some(Err(e)) => {
             tracing::error!(error = %e, "SIGHUP: the TLS certificate does not load; the running configuration stays");
-            return;
+            return false;
         }
     };
     let old = shared.config.load_full();
     if let Err(e) = shared.reload(config.clone(), engine).await {
         tracing::error!(error = %e, "SIGHUP: the upstream settings do not load; the running configuration stays");
-        return;
+        return false;
     }
     shared.tls.store(tls);
     // The list table is shared by every engine (the milter's too): the new lists and sources
@@ -239,10 +347,11 @@ async fn reload(
             "SIGHUP: configuration reloaded; these settings changed but take effect only after a restart"
         );
     }
+    true
 }
 
 /// Settings read once at start: listeners, limits sized at start, where state and held mail
-/// live, and logging.
+/// live, logging, and whom the process runs as.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |key: &'static str, differs: bool| {
@@ -265,6 +374,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("milter", old.milter.listen != new.milter.listen);
     check("admin.listen", old.admin.listen != new.admin.listen);
+    check("service", old.service != new.service);
     check("quarantine.dir", old.quarantine.dir != new.quarantine.dir);
     check(
         "quarantine.retention",

@@ -135,15 +135,20 @@ impl Admin {
     }
 }
 
-/// Serves the console and API until shutdown.
+/// The console's listener (`run` binds every listener before it drops privileges).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen {listen}: {e}"))
+}
+
+/// Serves the console and API on `listener` until shutdown.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     admin: Arc<Admin>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin.listen {listen}: {e}"))?;
+    let listen = listener.local_addr()?;
     tracing::info!(%listen, "console and admin API listening");
     let app = router(admin).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop = shutdown;

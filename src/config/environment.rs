@@ -40,6 +40,8 @@ impl Config {
                 ));
             }
         }
+        // The account `run` switches to must exist here.
+        crate::service::privileges::Account::resolve(&self.service)?;
         if let Some(path) = &self.admin.token_file {
             crate::admin::auth::Tokens::load(path)
                 .map_err(|e| ("admin.token_file".to_string(), e))?;

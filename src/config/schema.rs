@@ -39,6 +39,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub mark: MarkConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
 }
 
 pub use crate::smtp::data::BareNewline;
@@ -804,6 +806,20 @@ impl Config {
         }
         max
     }
+}
+
+/// Whom `run` runs as.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// The user the service runs as. Started as root, `run` binds its listeners (port 25),
+    /// then switches to this user and `group` for good, before it opens the quarantine or
+    /// reads anything else; started as this user already (systemd's `User=`), nothing
+    /// changes; started as anyone else, it refuses. Unset: it runs as whoever started it.
+    pub user: Option<String>,
+    /// The group; unset: the user's primary group. The user's supplementary groups (from
+    /// /etc/group) are kept, as systemd's `User=` keeps them.
+    pub group: Option<String>,
 }
 
 /// Parses "60m", "6h", "14d", "1h 30m", "250ms".

@@ -134,9 +134,40 @@ impl Config {
         }
     }
 
+    /// `[service]`: names that can be a user and group other than root. Whether they exist
+    /// on this machine is `check_environment`'s.
+    fn check_service(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: String| Err((key.to_string(), msg));
+        for (key, name) in [
+            ("service.user", &self.service.user),
+            ("service.group", &self.service.group),
+        ] {
+            let Some(name) = name else { continue };
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ':') {
+                return fail(key, format!("{name:?} is not a user or group name"));
+            }
+            if name == "root" || name == "0" {
+                return fail(
+                    key,
+                    "must not be root: it is the account the service switches to after \
+                     binding its ports; leave it out to run as whoever starts it"
+                        .into(),
+                );
+            }
+        }
+        if self.service.group.is_some() && self.service.user.is_none() {
+            return fail(
+                "service.group",
+                "needs [service] user: the group is switched to together with the user".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Checks that need more than one value's type.
     pub(super) fn validate(&self, text: &str) -> Result<(), (String, String)> {
         self.check_operational()?;
+        self.check_service()?;
         let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
         if self.proxy.listen.is_none() && self.milter.listen.is_none() {
             return fail(

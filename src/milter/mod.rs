@@ -52,7 +52,11 @@ const READ_BUFFER: usize = 8 * 1024;
 /// Serves the milter protocol on `listen` (`host:port` or a unix socket path) until shutdown.
 /// Each MTA connection takes the engine and settings in place when it opens, so a reload
 /// (SIGHUP) applies from the next SMTP session on.
-pub async fn serve(shared: Arc<Shared>, listen: String, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Listener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let options = Options {
         shutdown_grace: shared.config.load().proxy.shutdown_grace,
     };
@@ -62,7 +66,7 @@ pub async fn serve(shared: Arc<Shared>, listen: String, shutdown: Shutdown) -> a
         notifier: shared.notifier.clone(),
         trace_header: shared.config.load().milter.trace_header,
     };
-    serve_with(services, listen, options, shutdown).await
+    serve_listener(services, listener, options, shutdown).await
 }
 
 /// What one MTA connection works with.
@@ -89,10 +93,21 @@ pub async fn serve_with(
     services: impl Fn() -> Services + Send + 'static,
     listen: String,
     options: Options,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = Listener::bind(&listen).await?;
-    tracing::info!(listen = %listen, "milter listening");
+    serve_listener(services, listener, options, shutdown).await
+}
+
+/// As `serve_with`, on a listener already bound (`run` binds every listener before it drops
+/// privileges).
+pub async fn serve_listener(
+    services: impl Fn() -> Services + Send + 'static,
+    listener: Listener,
+    options: Options,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    tracing::info!(listen = %listener.name(), "milter listening");
     let mut sessions = JoinSet::new();
     let mut next_id: u64 = 0;
     loop {
@@ -177,7 +192,8 @@ impl Stream for tokio::net::TcpStream {
 
 impl Stream for tokio::net::UnixStream {}
 
-enum Listener {
+/// The milter's bound socket.
+pub enum Listener {
     Tcp(TcpListener),
     /// The socket path is removed again when the listener is dropped.
     Unix(UnixListener, PathBuf),
@@ -185,7 +201,7 @@ enum Listener {
 
 impl Listener {
     /// `host:port`, or a path (containing `/`); Postfix-style `inet:` and `unix:` prefixes work.
-    async fn bind(listen: &str) -> anyhow::Result<Listener> {
+    pub async fn bind(listen: &str) -> anyhow::Result<Listener> {
         let unix_path = listen
             .strip_prefix("unix:")
             .or_else(|| listen.strip_prefix("local:"))
@@ -213,6 +229,16 @@ impl Listener {
             .await
             .map_err(|e| anyhow::anyhow!("milter.listen {listen}: {e}"))?;
         Ok(Listener::Tcp(listener))
+    }
+
+    /// The address or socket path, for logs.
+    pub fn name(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Unix(_, path) => path.display().to_string(),
+        }
     }
 
     async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, String)> {

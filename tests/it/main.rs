@@ -13,6 +13,7 @@ mod lists;
 mod logs;
 mod metrics;
 mod milter;
+mod package;
 mod proxy;
 mod proxy_tls;
 mod quarantine;
