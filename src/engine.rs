@@ -710,29 +710,34 @@ fn secs(d: Duration) -> u32 {
     d.as_secs().clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// One ASCII line for logs and for the sender (the proxy puts it in its 550 5.7.1 text):
-/// what happened and what to do instead. `people` counts distinct senders.
+/// What happened, in one ASCII line for logs, the quarantine and the refusal texts (the front
+/// ends put it after "Not delivered:" or "Deferred, try later:" and add [`advice`]), so it
+/// says neither "held" nor "refused". `people` counts distinct senders.
 pub fn reason(rule: Rule, people: u32, audience: u64) -> String {
     match rule {
         Rule::Replies | Rule::Fast => format!(
-            "Reply-all storm: {people} people replied to {audience} recipients in this thread; \
-             your reply was held. Please reply to the sender only, not to all."
+            "reply-all storm on this thread ({people} people replied to {audience} recipients)"
         ),
         Rule::MeToo => format!(
-            "Reply-all storm: {people} people sent this subject to {audience} recipients; \
-             yours was held. Please write to the sender only, not to all."
+            "reply-all storm on this subject ({people} people sent it to {audience} recipients)"
         ),
         Rule::Wave => format!(
-            "Mail storm: {people} people wrote to these {audience} recipients within minutes; \
-             yours was held. Please write to the person concerned, not to all."
+            "mail storm to these recipients ({people} people wrote to {audience} recipients within minutes)"
         ),
-        Rule::AutoReply => format!(
-            "Automatic reply to {audience} recipients held: automatic replies go to the sender \
-             only (RFC 3834)."
-        ),
-        Rule::Manual => "Reply-all storm: mail administrators stopped this thread; \
-             your reply was held. Please reply to the sender only, not to all."
-            .to_string(),
+        Rule::AutoReply => {
+            format!("automatic reply to {audience} recipients (RFC 3834)")
+        }
+        Rule::Manual => "reply-all storm on this thread (stopped by the mail administrators)".into(),
+    }
+}
+
+/// What the sender should do instead, by the rule's name (`Hold::breaker`).
+pub fn advice(breaker: &str) -> &'static str {
+    match breaker {
+        "wave" => "write to the person concerned only",
+        "me-too" => "write to the sender only",
+        "auto-reply" => "automatic replies go to the sender only",
+        _ => "reply to the sender only",
     }
 }
 
