@@ -261,7 +261,9 @@ pub fn reply_text(text: &str, max: usize) -> String {
 
 /// The reply a held message gets, naming its quarantine id.
 pub fn held_reply(id: &str) -> String {
-    format!("250 2.0.0 {id} held for review: reply-all storm protection, an administrator may release it\r\n")
+    format!(
+        "250 2.0.0 {id} held for review: reply-all storm protection, an administrator may release it\r\n"
+    )
 }
 
 /// A verdict was reached: when it opened a breaker, count it and alert the admins (once per
@@ -280,7 +282,7 @@ pub fn decided(verdict: &Verdict, notifier: Option<&Notifier>, now_ms: u64) {
 pub fn held(envelope: &Envelope, hold: &Hold, id: &str, notifier: Option<&Notifier>) {
     metrics::counter!(crate::admin::metric::HELD).increment(1);
     if let Some(notifier) = notifier {
-        notifier.message_held(envelope, hold, crate::now_ms());
+        notifier.message_held(envelope, hold, id, crate::now_ms());
     }
     tracing::warn!(
         held_id = id,
@@ -400,6 +402,7 @@ mod tests {
                 senders: 10,
                 reason: "reply-all storm: 10% of\r\nBcc: evil".into(),
                 action: Default::default(),
+                origin: None,
             }),
             opened: None,
         }

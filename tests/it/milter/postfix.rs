@@ -196,6 +196,7 @@ fn by_subject(envelope: &Envelope, headers: &[u8]) -> Verdict {
                 envelope.mail_from
             ),
             action: Default::default(),
+            origin: None,
         };
         let action = match subject.split(' ').next().unwrap_or("") {
             "hold" => Action::Quarantine,
