@@ -11,6 +11,7 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -64,8 +65,8 @@ impl Words {
         };
         let mut b = String::new();
         b += &format!(
-            "A reply-all storm breaker is open: further replies to everybody on this thread are\n\
-             {} (action = \"{}\").\n\n",
+            "A reply-all storm breaker is open: further replies to everybody on\n\
+             this thread are {} (action = \"{}\").\n\n",
             what.future, what.name
         );
         let mut row = |k: &str, v: String| b.push_str(&format!("{k:<20}{v}\n"));
@@ -80,7 +81,7 @@ impl Words {
         row(
             "Rule:",
             format!(
-                "{} ({} wide replies from {} distinct senders in the window when it opened)",
+                "{} ({} wide replies from {} distinct senders)",
                 h.breaker, h.replies, h.senders
             ),
         );
@@ -99,8 +100,9 @@ impl Words {
         row("Why:", clean(&h.reason));
         b += "\n";
         b += &self.commands(&[h.thread.as_str()]);
-        b += "\nAt most one update per storm follows per notify.interval while the breaker stays\n\
-              open, and a reminder per notify.remind_every while held mail waits.\n";
+        b += "\nAt most one update per storm follows per notify.interval while the\n\
+              breaker stays open, and a reminder per notify.remind_every while held\n\
+              mail waits.\n";
         self.letter(&self.from, admins, &subject, b, now_ms)
     }
 
@@ -142,13 +144,15 @@ impl Words {
         };
         let mut b = match r.kind {
             ReminderKind::Waiting => format!(
-                "{total} held messages are waiting for a decision. Held mail is deleted {} after it \
-                 was held (quarantine.retention).\n\n",
+                "{} waiting for a decision. Held mail is deleted\n\
+                 {} after it was held (quarantine.retention).\n\n",
+                count(total, "held message"),
                 crate::config::format_duration(r.retention)
             ),
             ReminderKind::Expiring => format!(
-                "These {total} held messages will be deleted by retention ({} after they were held)\n\
-                 unless they are released before then.\n\n",
+                "{} will be deleted by retention ({} after being held)\n\
+                 unless released before then.\n\n",
+                count(total, "held message"),
                 crate::config::format_duration(r.retention)
             ),
         };
@@ -173,6 +177,14 @@ impl Words {
                 "Deleted from:",
                 crate::quarantine::record::rfc3339(s.deletes_at_ms),
             );
+            if r.kind == ReminderKind::Expiring {
+                for id in &s.ids {
+                    b += &format!("  Message {}\n", clean(id));
+                }
+                if s.ids.len() < s.count {
+                    b += &format!("  and {} more\n", s.count - s.ids.len());
+                }
+            }
             b += "\n";
         }
         let threads: Vec<&str> = r.storms.iter().map(|s| s.thread.as_str()).collect();
@@ -265,9 +277,23 @@ pub fn build(
         .header("Auto-Submitted", Raw::new("auto-generated"))
         // Exchange and Outlook: no out-of-office or other automatic answer to this.
         .header("X-Auto-Response-Suppress", Raw::new("All"))
-        .text_body(body)
+        .body(text_part(body))
         .write_to_vec()
         .unwrap_or_default()
+}
+
+/// The body. ASCII within SMTP's line limit goes as it is (7bit), so the commands read and
+/// copy whole even in a raw view or a log; anything else is encoded by mail-builder
+/// (quoted-printable or base64, whichever is shorter).
+fn text_part(body: String) -> MimePart<'static> {
+    /// RFC 5322 2.1.1: 998 characters per line; well within it.
+    const MAX_RAW_LINE: usize = 900;
+    if body.is_ascii() && body.lines().all(|l| l.len() <= MAX_RAW_LINE) {
+        let crlf: String = body.lines().flat_map(|l| [l, "\r\n"]).collect();
+        MimePart::new("text/plain", crlf).transfer_encoding("7bit")
+    } else {
+        MimePart::new("text/plain", body)
+    }
 }
 
 /// The storm's subject as people wrote it, when known.
@@ -280,11 +306,21 @@ fn original_sender(r: &ThreadReport) -> String {
     match r.origin.as_ref().or(r.hold.origin.as_ref()) {
         Some(o) if o.started_thread => clean(&o.sender),
         Some(o) => format!(
-            "{} (the first sender seen in the storm; the thread's first message did not pass \
-             this node)",
-            clean(&o.sender)
+            "{}\n{:20}(the first sender seen in the storm: the thread's first\n{:20}message did not pass this node)",
+            clean(&o.sender),
+            "",
+            ""
         ),
         None => "(not known here)".into(),
+    }
+}
+
+/// "1 held message", "5 held messages".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
