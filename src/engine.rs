@@ -22,6 +22,7 @@ use crate::envelope::Envelope;
 use crate::fingerprint::{self, Audience, ListRule, ListTable, ThreadKey, ThreadKeys};
 use crate::lists::Lists;
 use crate::mark::{self, MarkKey};
+use crate::origins::Origin;
 use crate::store::{
     BreakerStatus, Counter, MemoryStore, ObserveRequest, Observed, RedisStore, StateStore,
     StoreError, StormSnapshot,
@@ -60,6 +61,9 @@ pub struct Engine {
     /// `decide`'s time, to the recorder installed when the engine was built (none: no-op). A
     /// handle, so a decision does not look the metric up by name.
     decision_seconds: metrics::Histogram,
+    /// Where storms started (subject, original sender), for alerts; shared with the engines a
+    /// reload builds.
+    origins: Arc<crate::origins::Origins>,
 }
 
 /// A decision as the proxy acts on it: the verdict and, for a message delivered after being
@@ -161,6 +165,7 @@ impl Engine {
             sender_cap: config.sender_threshold().max(MIN_SENDER_SLOTS),
             changed: Arc::new(tokio::sync::Notify::new()),
             decision_seconds: metrics::histogram!(crate::admin::metric::DECISION_SECONDS),
+            origins: Arc::default(),
         }
     }
 
@@ -174,6 +179,7 @@ impl Engine {
         let mut engine = Engine::with_lists(config, self.store.clone(), self.lists.clone());
         engine.mark = self.mark.clone();
         engine.changed = self.changed.clone();
+        engine.origins = self.origins.clone();
         Ok(engine)
     }
 
@@ -332,7 +338,7 @@ impl Engine {
             return Decision::DELIVER;
         }
         let verdict = if keys.auto_reply && self.policy.hold_auto_replies {
-            self.auto_reply(sender, &audience, list)
+            self.auto_reply(sender, keys, &audience, list)
         } else {
             self.count(envelope, sender, keys, &audience, list, now_ms)
                 .await
@@ -350,8 +356,15 @@ impl Engine {
     }
 
     /// An automatic reply to a wide audience: held from the first, counted nowhere.
-    fn auto_reply(&self, sender: &str, audience: &Audience, list: Option<&ListRule>) -> Verdict {
+    fn auto_reply(
+        &self,
+        sender: &str,
+        keys: &ThreadKeys,
+        audience: &Audience,
+        list: Option<&ListRule>,
+    ) -> Verdict {
         let action = list.and_then(|l| l.action).unwrap_or(self.policy.action);
+        let origin = Origin::new(&keys.display_subject, sender, true);
         let hold = Hold {
             thread: format!("auto-reply:{}", sender.to_ascii_lowercase()),
             list: list.map(|l| l.address.clone()),
@@ -361,6 +374,7 @@ impl Engine {
             senders: 1,
             reason: reason(Rule::AutoReply, 1, audience.weight),
             action,
+            origin: Some(Arc::new(origin)),
         };
         self.hold(sender, hold, 0, false)
     }
@@ -378,6 +392,9 @@ impl Engine {
         let limits = self.limits(list);
         let mut own: Vec<ThreadKey> = Vec::new();
         let mut rules: Vec<(Rule, Limits, usize)> = Vec::new();
+        if !keys.reply {
+            self.thread_started(sender, keys);
+        }
         if keys.reply {
             if keys.keys.is_empty() {
                 return Verdict::DELIVER;
@@ -468,7 +485,17 @@ impl Engine {
             Ok(observed) => observed,
             Err(verdict) => return verdict,
         };
-        self.verdict(sender, counters, &observed, audience, list)
+        self.verdict(sender, keys, counters, &observed, audience, list)
+    }
+
+    /// A wide new message: the storm its replies may raise is named by its Message-ID (their
+    /// References root), its Thread-Index or its subject, so its sender and subject are kept
+    /// under each for the alert.
+    fn thread_started(&self, sender: &str, keys: &ThreadKeys) {
+        let own = keys.message_id.iter().map(|id| format!("mid:{id}"));
+        let labels = own.chain(keys.keys.iter().map(|k| k.label.to_string()));
+        self.origins
+            .started(labels, Origin::new(&keys.display_subject, sender, true));
     }
 
     /// One store call; on failure the configured fallback.
@@ -502,6 +529,7 @@ impl Engine {
     fn verdict(
         &self,
         sender: &str,
+        keys: &ThreadKeys,
         counters: &[Counter<'_>],
         observed: &[Observed],
         audience: &Audience,
@@ -517,6 +545,13 @@ impl Engine {
                     .and_then(|c| c.keys.first())
                     .map_or_else(String::new, |k| k.label.to_string()),
             };
+            let labels = counters
+                .get(i)
+                .into_iter()
+                .flat_map(|c| c.keys.iter().map(|k| &*k.label));
+            let origin = self.origins.of(&thread, labels, || {
+                Origin::new(&keys.display_subject, sender, false)
+            });
             Hold {
                 thread,
                 list: list.map(|l| l.address.clone()),
@@ -526,6 +561,7 @@ impl Engine {
                 senders: o.outcome.senders,
                 reason: reason(o.outcome.rule, o.outcome.senders, audience.weight),
                 action,
+                origin: Some(origin),
             }
         };
         // Two breakers of one new message (me too and wave) can both be open: the hold names
@@ -710,29 +746,36 @@ fn secs(d: Duration) -> u32 {
     d.as_secs().clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// One ASCII line for logs and for the sender (the proxy puts it in its 550 5.7.1 text):
-/// what happened and what to do instead. `people` counts distinct senders.
+/// What happened, in one ASCII line for logs, the quarantine and the refusal texts (the front
+/// ends put it after "Not delivered:" or "Deferred, try later:" and add [`advice`]), so it
+/// says neither "held" nor "refused". `people` counts distinct senders.
 pub fn reason(rule: Rule, people: u32, audience: u64) -> String {
     match rule {
         Rule::Replies | Rule::Fast => format!(
-            "Reply-all storm: {people} people replied to {audience} recipients in this thread; \
-             your reply was held. Please reply to the sender only, not to all."
+            "reply-all storm on this thread ({people} people replied to {audience} recipients)"
         ),
         Rule::MeToo => format!(
-            "Reply-all storm: {people} people sent this subject to {audience} recipients; \
-             yours was held. Please write to the sender only, not to all."
+            "reply-all storm on this subject ({people} people sent it to {audience} recipients)"
         ),
         Rule::Wave => format!(
-            "Mail storm: {people} people wrote to these {audience} recipients within minutes; \
-             yours was held. Please write to the person concerned, not to all."
+            "mail storm to these recipients ({people} people wrote to {audience} recipients within minutes)"
         ),
-        Rule::AutoReply => format!(
-            "Automatic reply to {audience} recipients held: automatic replies go to the sender \
-             only (RFC 3834)."
-        ),
-        Rule::Manual => "Reply-all storm: mail administrators stopped this thread; \
-             your reply was held. Please reply to the sender only, not to all."
-            .to_string(),
+        Rule::AutoReply => {
+            format!("automatic reply to {audience} recipients (RFC 3834)")
+        }
+        Rule::Manual => {
+            "reply-all storm on this thread (stopped by the mail administrators)".into()
+        }
+    }
+}
+
+/// What the sender should do instead, by the rule's name (`Hold::breaker`).
+pub fn advice(breaker: &str) -> &'static str {
+    match breaker {
+        "wave" => "write to the person concerned only",
+        "me-too" => "write to the sender only",
+        "auto-reply" => "automatic replies go to the sender only",
+        _ => "reply to the sender only",
     }
 }
 

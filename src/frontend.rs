@@ -220,20 +220,27 @@ pub fn disposition(verdict: &Verdict, can_hold: bool) -> Disposition {
     }
 }
 
-/// The reply for a policy refusal, with the engine's explanation: `550 5.7.1 …` or
-/// `451 4.7.1 …`.
+/// The reply for a policy refusal, saying what happened and what to do instead:
+/// `550 5.7.1 Not delivered: reply-all storm on this thread (...), reply to the sender only`
+/// or `451 4.7.1 Deferred, try later: ...`. One line, well within the 512 octets of a reply
+/// line (RFC 5321 4.5.3.1.5).
 pub fn refusal(verdict: &Verdict) -> String {
-    let reason = verdict
-        .hold
-        .as_ref()
-        .map(|h| h.reason.as_str())
-        .unwrap_or("Reply-all storm protection");
-    let code = match verdict.action {
-        Action::Tempfail => reply::POLICY_TEMPFAIL,
-        _ => reply::POLICY_REJECT,
+    let (reason, advice) = match verdict.hold.as_ref() {
+        Some(h) => (h.reason.as_str(), crate::engine::advice(h.breaker)),
+        None => ("reply-all storm protection", "reply to the sender only"),
     };
-    format!("{code} {}\r\n", reply_text(reason, 400))
+    let (code, what) = match verdict.action {
+        Action::Tempfail => (reply::POLICY_TEMPFAIL, "Deferred, try later"),
+        _ => (reply::POLICY_REJECT, "Not delivered"),
+    };
+    format!(
+        "{code} {}\r\n",
+        reply_text(&format!("{what}: {reason}, {advice}"), MAX_REPLY_TEXT)
+    )
 }
+
+/// Text after the code and enhanced code: a reply line is at most 512 octets with CRLF.
+const MAX_REPLY_TEXT: usize = 400;
 
 /// Text put in a reply (SMTP or milter): printable ASCII only, `%` replaced (Sendmail reads
 /// it as a format), bounded, no trailing space.
@@ -254,7 +261,9 @@ pub fn reply_text(text: &str, max: usize) -> String {
 
 /// The reply a held message gets, naming its quarantine id.
 pub fn held_reply(id: &str) -> String {
-    format!("250 2.0.0 {id} held: reply-all storm protection, thread under review\r\n")
+    format!(
+        "250 2.0.0 {id} held for review: reply-all storm protection, an administrator may release it\r\n"
+    )
 }
 
 /// A verdict was reached: when it opened a breaker, count it and alert the admins (once per
@@ -273,7 +282,7 @@ pub fn decided(verdict: &Verdict, notifier: Option<&Notifier>, now_ms: u64) {
 pub fn held(envelope: &Envelope, hold: &Hold, id: &str, notifier: Option<&Notifier>) {
     metrics::counter!(crate::admin::metric::HELD).increment(1);
     if let Some(notifier) = notifier {
-        notifier.message_held(envelope, hold, crate::now_ms());
+        notifier.message_held(envelope, hold, id, crate::now_ms());
     }
     tracing::warn!(
         held_id = id,
@@ -391,8 +400,9 @@ mod tests {
                 breaker: "replies",
                 replies: 10,
                 senders: 10,
-                reason: "Reply-all storm: 10% of\r\nBcc: evil".into(),
+                reason: "reply-all storm: 10% of\r\nBcc: evil".into(),
                 action: Default::default(),
+                origin: None,
             }),
             opened: None,
         }
@@ -413,11 +423,17 @@ mod tests {
         let Disposition::Refuse(r) = disposition(&verdict(Action::Reject), true) else {
             panic!()
         };
-        assert_eq!(r, "550 5.7.1 Reply-all storm: 10? of  Bcc: evil\r\n");
+        assert_eq!(
+            r,
+            "550 5.7.1 Not delivered: reply-all storm: 10? of  Bcc: evil, reply to the sender only\r\n"
+        );
         let Disposition::Refuse(r) = disposition(&verdict(Action::Tempfail), false) else {
             panic!()
         };
-        assert!(r.starts_with("451 4.7.1 Reply-all storm"), "{r}");
+        assert_eq!(
+            r,
+            "451 4.7.1 Deferred, try later: reply-all storm: 10? of  Bcc: evil, reply to the sender only\r\n"
+        );
         // Dry run: delivered.
         assert_eq!(
             disposition(&verdict(Action::Deliver), true),

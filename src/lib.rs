@@ -28,6 +28,7 @@ pub mod logging;
 pub mod mark;
 pub mod milter;
 pub mod notify;
+pub mod origins;
 pub mod proxy;
 pub mod quarantine;
 pub mod replay;

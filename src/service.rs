@@ -183,6 +183,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         crate::quarantine::expiry::DEFAULT_EVERY,
         stop_rx.clone(),
     ));
+    // Reminders to the admins while held mail waits, and before retention deletes it.
+    tokio::spawn(Notifier::clone(&notifier).remind(quarantine.clone(), stop_rx.clone()));
     let shared = Arc::new(Shared::new(
         config.clone(),
         engine.clone(),

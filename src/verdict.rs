@@ -45,6 +45,8 @@ pub struct Hold {
     pub reason: String,
     /// The configured action for this hold (the list's override or the policy's).
     pub action: HoldAction,
+    /// The storm's subject and original sender, for alerts and notices (`origins`).
+    pub origin: Option<std::sync::Arc<crate::origins::Origin>>,
 }
 
 /// The storm engine's answer for one message.

@@ -60,6 +60,7 @@ fn verdict(choice: u8, reason: &[u8]) -> Verdict {
         senders: 1,
         reason: String::from_utf8_lossy(reason).into_owned(),
         action: HoldAction::Quarantine,
+        origin: None,
     };
     Verdict {
         action,

@@ -133,6 +133,47 @@ mod tests {
     }
 
     #[test]
+    fn notify_keys_are_checked_with_their_key_and_line() {
+        let e = refused(
+            "[notify]\nsender_notice_template = \"\"\"\nHello {name}\n\"\"\"\n",
+            "notify.sender_notice_template",
+        );
+        // The key's line (the smallest config takes lines 1 to 4).
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("unknown placeholder {name}"), "{e}");
+        refused(
+            "[notify]\nsender_notice_subject = \"held {subject\"\n",
+            "notify.sender_notice_subject",
+        );
+        refused("[notify]\nremind_every = \"0s\"\n", "notify.remind_every");
+        refused(
+            "[notify]\nremind_before_expiry = \"0s\"\n",
+            "notify.remind_before_expiry",
+        );
+        refused(
+            "[quarantine]\nretention = \"2h\"\n[notify]\nremind_before_expiry = \"3h\"\n",
+            "notify.remind_before_expiry",
+        );
+        // The defaults: notices on, reminders every 4 h and a day before deletion.
+        let c = proxy("").unwrap();
+        assert!(c.notify.notify_senders && c.notify.reminders);
+        assert_eq!(c.notify.remind_every, Duration::from_secs(4 * 3600));
+        assert_eq!(
+            c.notify.remind_before_expiry,
+            Duration::from_secs(24 * 3600)
+        );
+        let dump = c.dump();
+        for key in [
+            "notify_senders = true",
+            "remind_every = \"4h\"",
+            "remind_before_expiry = \"1day\"",
+            "sender_notice_template = ",
+        ] {
+            assert!(dump.contains(key), "{key} not in {dump}");
+        }
+    }
+
+    #[test]
     fn a_proxy_without_an_upstream_is_refused() {
         let e = parse("[proxy]\nlisten = \"127.0.0.1:2525\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("upstream.address"), "{e}");

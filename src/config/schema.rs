@@ -557,16 +557,48 @@ impl ListSourceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// Who gets the alert when a breaker opens; empty means no alert mail.
+    /// Who gets the alert when a breaker opens, and the reminders; empty means no mail to
+    /// admins.
     pub admins: Vec<String>,
-    /// Envelope and header sender of alerts and notices; always exempt from every breaker.
+    /// Header sender of alerts and notices, and envelope sender of alerts; always exempt from
+    /// every breaker. Notices go with the null envelope sender (MAIL FROM:<>).
     pub from: String,
     /// At most one update per breaker per interval while it stays open.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub interval: Duration,
-    /// Tell each held sender once per breaker what happened.
+    /// Tell each sender whose reply was held, once per storm. Never for reject or tempfail
+    /// (the client gets the SMTP reply then), automatic replies, exempt senders or `from`.
     pub notify_senders: bool,
+    /// Subject of the sender notice; placeholders as in `sender_notice_template`.
+    pub sender_notice_subject: String,
+    /// Body of the sender notice. Placeholders: {subject} (the thread's), {storm} (its id),
+    /// {list}, {audience}, {sender}, {id} (the held message's), {reason}, {advice}, {from};
+    /// `{{` and `}}` for braces.
+    pub sender_notice_template: String,
+    /// Remind the admins while held mail waits (and before retention deletes it).
+    pub reminders: bool,
+    /// At most one reminder of the held mail per this.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub remind_every: Duration,
+    /// One mail naming the held messages this long before `quarantine.retention` deletes them.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub remind_before_expiry: Duration,
 }
+
+/// The default sender notice (`[notify] sender_notice_template`).
+pub const SENDER_NOTICE_SUBJECT: &str = "Your reply was held for review: {subject}";
+pub const SENDER_NOTICE_TEMPLATE: &str = "\
+Your message on \"{subject}\" to {list} was held for review, not delivered.
+
+Many people were replying to everybody on this thread at once (a reply-all
+storm), so further replies to everybody are held for a while: {reason}.
+Please {advice}.
+
+The mail administrators have been told. If your message was held by mistake
+they can release it; its reference is {id} (storm {storm}).
+
+This notice is sent once per storm; it is automatic, please do not reply.
+";
 
 impl Default for NotifyConfig {
     fn default() -> Self {
@@ -574,7 +606,12 @@ impl Default for NotifyConfig {
             admins: Vec::new(),
             from: "stormbreaker@localhost".into(),
             interval: Duration::from_secs(30 * 60),
-            notify_senders: false,
+            notify_senders: true,
+            sender_notice_subject: SENDER_NOTICE_SUBJECT.into(),
+            sender_notice_template: SENDER_NOTICE_TEMPLATE.into(),
+            reminders: true,
+            remind_every: Duration::from_secs(4 * 3600),
+            remind_before_expiry: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -226,10 +226,35 @@ impl Config {
             ("policy.block_for", self.policy.block_for),
             ("policy.fast_window", self.policy.fast_window),
             ("notify.interval", self.notify.interval),
+            ("notify.remind_every", self.notify.remind_every),
+            (
+                "notify.remind_before_expiry",
+                self.notify.remind_before_expiry,
+            ),
             ("upstream.pool_idle_time", self.upstream.pool_idle_time),
         ] {
             if value.is_zero() {
                 return fail(key, "must be longer than 0s");
+            }
+        }
+        if self.notify.remind_before_expiry >= self.quarantine.retention {
+            return fail(
+                "notify.remind_before_expiry",
+                "must be shorter than quarantine.retention (held mail is deleted after that)",
+            );
+        }
+        for (key, template) in [
+            (
+                "notify.sender_notice_subject",
+                &self.notify.sender_notice_subject,
+            ),
+            (
+                "notify.sender_notice_template",
+                &self.notify.sender_notice_template,
+            ),
+        ] {
+            if let Err(e) = crate::notify::check_template(template) {
+                return fail(key, &e);
             }
         }
         if self.policy.max_block < self.policy.block_for {

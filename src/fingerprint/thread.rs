@@ -52,6 +52,8 @@ pub struct ThreadKeys {
     pub reply: bool,
     /// Normalised subject (from Thread-Topic when present); may be empty.
     pub subject: String,
+    /// The subject as people wrote it (decoded, reply prefixes removed), for alerts.
+    pub display_subject: String,
     /// The message's own Message-ID, without angle brackets.
     pub message_id: Option<String>,
     /// The header From address, for messages with a null envelope sender.
@@ -146,6 +148,10 @@ pub fn thread_keys(message: &Message) -> ThreadKeys {
         .and_then(HeaderValue::as_text)
         .filter(|t| !t.trim().is_empty());
     let subject = normalize_subject(topic.unwrap_or(raw_subject));
+    let display_subject = strip_prefixes(topic.unwrap_or(raw_subject))
+        .0
+        .trim()
+        .to_string();
     let reply_prefix = strip_prefixes(raw_subject).1.reply;
 
     let mut keys = Vec::with_capacity(4);
@@ -181,6 +187,7 @@ pub fn thread_keys(message: &Message) -> ThreadKeys {
         keys,
         reply,
         subject,
+        display_subject,
         message_id,
         from,
         to_cc: to_cc(message),

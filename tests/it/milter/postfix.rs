@@ -196,6 +196,7 @@ fn by_subject(envelope: &Envelope, headers: &[u8]) -> Verdict {
                 envelope.mail_from
             ),
             action: Default::default(),
+            origin: None,
         };
         let action = match subject.split(' ').next().unwrap_or("") {
             "hold" => Action::Quarantine,
@@ -262,13 +263,13 @@ fn every_verdict_does_what_postfix_promises() {
     assert!(
         out[2]
             .text
-            .starts_with("5.7.1 reply-all storm on \"reject me\""),
+            .starts_with("5.7.1 Not delivered: reply-all storm on \"reject me\""),
         "{out:?}"
     );
     assert!(
         out[3]
             .text
-            .starts_with("4.7.1 reply-all storm on \"tempfail me\""),
+            .starts_with("4.7.1 Deferred, try later: reply-all storm on \"tempfail me\""),
         "{out:?}"
     );
 

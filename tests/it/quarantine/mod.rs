@@ -54,6 +54,7 @@ fn hold(thread: &str) -> Hold {
         senders: 9,
         reason: format!("reply-all storm on thread {thread}"),
         action: HoldAction::Quarantine,
+        origin: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn hold() -> Hold {
         senders: 9,
         reason: "reply-all storm on thread tidx:quarterly".into(),
         action: HoldAction::Quarantine,
+        origin: None,
     }
 }
 

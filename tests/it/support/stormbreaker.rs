@@ -69,6 +69,23 @@ impl Stormbreaker {
             upstream,
             proxy_keys,
             upstream_keys,
+            "",
+            "format = \"json\"\nlevel = \"info\"",
+            extra,
+        )
+    }
+
+    /// As `proxy`, with `quarantine_keys` in `[quarantine]` (beside its dir).
+    pub fn proxy_with_quarantine(
+        upstream: u16,
+        quarantine_keys: &str,
+        extra: &str,
+    ) -> Stormbreaker {
+        Self::proxy_full(
+            upstream,
+            "",
+            "",
+            quarantine_keys,
             "format = \"json\"\nlevel = \"info\"",
             extra,
         )
@@ -77,13 +94,14 @@ impl Stormbreaker {
     /// As `proxy`, with `log_keys` as the `[log]` section (standard error goes to the file
     /// `log` in its folder).
     pub fn proxy_logging(upstream: u16, log_keys: &str, extra: &str) -> Stormbreaker {
-        Self::proxy_full(upstream, "", "", log_keys, extra)
+        Self::proxy_full(upstream, "", "", "", log_keys, extra)
     }
 
     fn proxy_full(
         upstream: u16,
         proxy_keys: &str,
         upstream_keys: &str,
+        quarantine_keys: &str,
         log_keys: &str,
         extra: &str,
     ) -> Stormbreaker {
@@ -92,7 +110,7 @@ impl Stormbreaker {
         let config = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"sb.test\"\n{proxy_keys}\n\n\
              [upstream]\naddress = \"127.0.0.1:{upstream}\"\n{upstream_keys}\n\n\
-             [quarantine]\ndir = \"{q}\"\n\n[log]\n{log_keys}\n\n{extra}\n",
+             [quarantine]\ndir = \"{q}\"\n{quarantine_keys}\n\n[log]\n{log_keys}\n\n{extra}\n",
             q = dir.path().join("quarantine").display()
         );
         Self::run(dir, &config, port, None)
