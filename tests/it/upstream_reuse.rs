@@ -124,8 +124,14 @@ fn a_connection_postfix_timed_out_while_idle_is_replaced_unseen() {
     assert!(out.contains("250 2.0.0 Ok: queued"), "{out}");
     assert!(delivered(&sink, "after-timeout"));
     assert_eq!(proxy_connections(&postfix), 2, "{}", postfix.maillog());
+    // Nothing went wrong (the suite runs as root, which the service rightly warns about).
     let log = proxy.log();
-    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    let troubles: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .filter(|l| !l.contains("running as root"))
+        .collect();
+    assert!(troubles.is_empty(), "{log}");
 }
 
 #[test]

@@ -182,6 +182,8 @@ impl Stormbreaker {
     }
 
     fn spawn(&mut self) {
+        // The log is kept across restarts: a restart is ready at its own line.
+        let started_before = listening_lines(&self.log());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -202,9 +204,24 @@ impl Stormbreaker {
             if let Some(status) = sb.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("stormbreaker exited with {status}: {}", sb.log());
             }
+            // The listeners are bound before the engine and its lists are ready (so a port
+            // below 1024 can be bound before privileges drop): a connection is taken into the
+            // backlog early, so ready is when the front end says it listens (or, logging
+            // elsewhere than the file, when the proxy greets).
             match &sb.milter_socket {
-                Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
-                None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                Some(path) => {
+                    listening_lines(&sb.log()) > started_before
+                        && std::os::unix::net::UnixStream::connect(path).is_ok()
+                }
+                None => {
+                    let log = sb.log();
+                    if log.trim().is_empty() {
+                        greets(port)
+                    } else {
+                        listening_lines(&log) > started_before
+                            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    }
+                }
             }
         });
         assert!(
@@ -316,4 +333,22 @@ impl Drop for Stormbreaker {
             let _ = child.wait();
         }
     }
+}
+
+/// How many times the log says a front end listens.
+fn listening_lines(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("SMTP proxy listening") || l.contains("milter listening"))
+        .count()
+}
+
+/// Whether an SMTP server on `port` sends its 220 greeting.
+fn greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).is_ok() && &buf[..3] == b"220"
 }
