@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis, swaks, openssl for a test certificate, slapd and ldap-utils for
+# tests talk to (Postfix, Redis with its Cluster, Sentinel and TLS setups, swaks, openssl for a test certificate, slapd and ldap-utils for
 # the LDAP list sources, Chromium and Python's playwright and prometheus_client for the console
 # and metrics tests, cargo-deb, systemd-analyze and logrotate for the package test) when they are
 # missing, then runs formatting, lints and every test.
@@ -11,6 +11,9 @@ need=()
 command -v postfix >/dev/null || need+=(postfix)
 command -v smtp-sink >/dev/null || need+=(postfix)
 command -v redis-server >/dev/null || need+=(redis-server)
+# redis-cli builds the test Redis Cluster (--cluster create) and talks TLS to the TLS server;
+# sentinels run as `redis-server --sentinel`, so redis-sentinel itself is not needed.
+command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v swaks >/dev/null || need+=(swaks)
 command -v openssl >/dev/null || need+=(openssl)
 # The console test drives Debian's Chromium by its path (never a browser Playwright downloads).
