@@ -382,3 +382,60 @@ fn two_proxies_on_a_tls_redis_with_client_certificates_deliver_trip_replies() {
         assert!(RedisStore::new(&state).unwrap().ping().await.is_err());
     });
 }
+
+/// A graceful failover (`SENTINEL FAILOVER`) turns the primary the store talks to into a
+/// replica (the sentinels also drop its clients): the next call fails there (READONLY or a
+/// closed connection), asks the sentinels at once and is retried on the new primary, so it
+/// succeeds and no outage is counted.
+#[test]
+fn a_demoted_primary_is_re_resolved_at_once_without_an_outage() {
+    let set = SentinelSet::start();
+    rt().block_on(async {
+        let store = RedisStore::new(&StateConfig {
+            mode: RedisMode::Sentinel,
+            sentinels: set
+                .sentinels
+                .iter()
+                .map(|s| format!("redis://127.0.0.1:{}", s.port))
+                .collect(),
+            master_name: Some(set.master_name.clone()),
+            prefix: "ro:".into(),
+            timeout: Duration::from_secs(2),
+            ..StateConfig::default()
+        })
+        .unwrap();
+        let keys = [ThreadKey::new("subj:demoted")];
+        let counters = [Counter {
+            keys: &keys,
+            rule: Rule::Replies,
+            limits: limits(10),
+        }];
+        let observe = |sender: u32| ObserveRequest {
+            counters: &counters,
+            sender,
+            fast: false,
+            sender_cap: 16,
+            message: None,
+            now_ms: T0,
+        };
+        store.observe(&observe(1)).await.unwrap();
+        assert_eq!(store.resolutions(), 1);
+        set.sentinels[0].cli(&["SENTINEL", "FAILOVER", &set.master_name]);
+        set.wait_until("the old primary to be a replica", || {
+            set.primary_port_now() == Some(set.replica.port)
+                && set.primary.cli(&["ROLE"]).starts_with("slave")
+                && set
+                    .replica
+                    .cli(&["INFO", "replication"])
+                    .contains("role:master")
+        });
+        let out = store.observe(&observe(2)).await.unwrap();
+        assert_eq!(
+            out[0].outcome.count, 2,
+            "the count went on on the new primary"
+        );
+        assert_eq!(store.resolutions(), 2, "resolved once more, at the failed call");
+        assert_eq!(store.outages(), 0, "no call failed");
+        assert!(set.replica.cli(&["KEYS", "{ro:}*"]).contains("{ro:}t:"));
+    });
+}
