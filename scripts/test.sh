@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis with its Cluster, Sentinel and TLS setups, swaks, openssl for a test certificate, slapd and ldap-utils for
-# the LDAP list sources, Chromium and Python's playwright and prometheus_client for the console
-# and metrics tests, cargo-deb, systemd-analyze and logrotate for the package test) when they are
-# missing, then runs formatting, lints and every test.
+# tests talk to (Postfix, Redis (also run as a Cluster, a Sentinel set and a TLS server),
+# swaks, openssl for a test certificate, slapd and ldap-utils for the LDAP list sources,
+# Chromium and Python's playwright and prometheus_client for the console and metrics tests,
+# cargo-deb, systemd-analyze and logrotate for the package test) when they are missing, then
+# runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

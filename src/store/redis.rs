@@ -5,14 +5,16 @@
 //! thread at the same instant cannot both open its breaker. `redis::Script` loads the script
 //! again after NOSCRIPT (a restart, SCRIPT FLUSH).
 //!
-//! Keys: `{PREFIX}t:<key id>` is a key's hash: a storm (`s`: its `breaker::StormState` packed,
+//! Keys: `{TAG}t:<key id>` is a key's hash: a storm (`s`: its `breaker::StormState` packed,
 //! 38 bytes and 8 per sender; `l`: its label; `k`: the labels of keys joined to it) or a link to
-//! one (`p`: the storm's id, `e`: until when); `{PREFIX}m:<id>` a decided message's outcomes, for
-//! its copies; `{PREFIX}open` the sorted set of opened breakers. The prefix is the hash tag, so a
-//! script's keys always sit in one cluster slot (one slot per prefix: the state is small, and
-//! sharding it would split a message's keys). Every key expires a little after its state stops
-//! mattering, and the opened set is trimmed and capped; nothing grows without bound. Times are
-//! the nodes' clocks, passed in.
+//! one (`p`: the storm's id, `e`: until when); `{TAG}m:<id>` a decided message's outcomes, for
+//! its copies; `{TAG}open` the sorted set of opened breakers. TAG is the prefix alone on a
+//! standalone server or behind Sentinel (one slot, every key of a message joins as it may), and
+//! `PREFIX<16 hex digits>` of the counter's subject key (else its first key) on a Cluster
+//! (`shard_of`): a script's keys are always in one slot, and storms spread over the shards. On a
+//! Cluster `{PREFIX}shards` lists the tags with open breakers. Every key expires a little after
+//! its state stops mattering, and the opened sets are trimmed and capped; nothing grows without
+//! bound. Times are the nodes' clocks, passed in.
 //!
 //! When Redis fails or answers slower than `state.timeout`, calls return `StoreError` and the
 //! engine falls back (local counters or tempfail). An outage is logged once and counted; while

@@ -434,7 +434,11 @@ fn a_demoted_primary_is_re_resolved_at_once_without_an_outage() {
             out[0].outcome.count, 2,
             "the count went on on the new primary"
         );
-        assert_eq!(store.resolutions(), 2, "resolved once more, at the failed call");
+        assert_eq!(
+            store.resolutions(),
+            2,
+            "resolved once more, at the failed call"
+        );
         assert_eq!(store.outages(), 0, "no call failed");
         assert!(set.replica.cli(&["KEYS", "{ro:}*"]).contains("{ro:}t:"));
     });
