@@ -36,8 +36,9 @@ const SCRIPT: &str = include_str!("redis.lua");
 
 /// Cluster only: the directory of shards with an open breaker (`{PREFIX}shards`, a sorted set
 /// of shard tags scored by when their last breaker stops mattering). Written after a script
-/// reports an open breaker (and on every held message, so a lost write heals itself), read by
-/// `open_breakers`, trimmed of past members and capped like the per-shard index.
+/// reports that a breaker opened (a second round trip for that one decision only; held
+/// messages pay none), read by `open_breakers`, trimmed of past members and capped like the
+/// per-shard index.
 const DIRECTORY_SCRIPT: &str = r#"
 redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
@@ -331,8 +332,8 @@ impl RedisStore {
     }
 
     /// Cluster: notes that `shard` has a breaker open until `until` (seconds). A failure is
-    /// only logged: the breaker holds mail whether or not it is listed, and the next held
-    /// message writes the entry again.
+    /// only logged: the breaker holds mail whether or not it is listed (a breaker whose entry
+    /// was lost is missing from listings until it opens again or is tripped by hand).
     async fn note_open(&self, shard: &Shard, until: u64, now_s: u32) {
         if !self.sharded {
             return;
@@ -460,7 +461,7 @@ impl StateStore for RedisStore {
             let observed = self.observe_shard(shard, req, counters).await?;
             if let Some(until) = observed
                 .iter()
-                .filter(|o| o.outcome.opened || o.outcome.held)
+                .filter(|o| o.outcome.opened)
                 .map(|o| u64::from(o.outcome.until))
                 .max()
             {
