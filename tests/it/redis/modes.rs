@@ -66,6 +66,14 @@ fn storm_reply(i: usize, subject: &str) -> String {
     )
 }
 
+/// Replies of `subject` the sink got for the list (not alerts or notices about them).
+fn replies_delivered(sink: &Sink, subject: &str) -> usize {
+    sink.mentioning(subject)
+        .iter()
+        .filter(|d| d.rcpts.iter().any(|r| r.contains("all@atos.test")))
+        .count()
+}
+
 fn proxy_extra(state: &str, action: &str) -> String {
     format!(
         "[policy]\nfast_audience = 0\naction = \"{action}\"\n{state}\n\
@@ -248,7 +256,7 @@ fn three_proxies_on_a_cluster_deliver_exactly_trip_replies_from_30_parallel_sess
         };
         assert_eq!(accepted + refused, 30, "{answers:?}\n{}", logs());
         assert_eq!(accepted, 10, "{answers:?}");
-        assert_eq!(sink.mentioning(&subject).len(), 10, "{}", logs());
+        assert_eq!(replies_delivered(&sink, &subject), 10, "{}", logs());
     }
     // The breakers are listed from any node's Cluster connection.
     let listed = proxies[2].admin(&["breaker", "list"]);
@@ -324,7 +332,7 @@ fn a_sentinel_failover_mid_storm_loses_nothing_and_writes_go_to_the_new_primary(
     }
     // The storm went on counting where it stopped: the tenth person opened it on the new
     // primary, the rest were held.
-    let delivered = sink.mentioning(&subject).len();
+    let delivered = replies_delivered(&sink, &subject);
     let held: usize = proxies.iter().map(|p| p.quarantine_list().len()).sum();
     let logs = format!("{}\n{}", proxies[0].log(), proxies[1].log());
     assert_eq!(delivered, 10, "{logs}");
@@ -363,7 +371,7 @@ fn two_proxies_on_a_tls_redis_with_client_certificates_deliver_trip_replies() {
             proxies[i % 2].log()
         );
     }
-    assert_eq!(sink.mentioning(&subject).len(), 10);
+    assert_eq!(replies_delivered(&sink, &subject), 10);
     assert!(tls.server.cli(&["--scan"]).contains("{tls:}open"));
 
     rt().block_on(async {
