@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run runs it. Installs the real peers the
-# tests talk to (Postfix, Redis, swaks, openssl for a test certificate, slapd and ldap-utils for
-# the LDAP list sources, Chromium and Python's playwright and prometheus_client for the console
-# and metrics tests, cargo-deb, systemd-analyze and logrotate for the package test) when they are
-# missing, then runs formatting, lints and every test.
+# tests talk to (Postfix, Redis (also run as a Cluster, a Sentinel set and a TLS server),
+# swaks, openssl for a test certificate, slapd and ldap-utils for the LDAP list sources,
+# Chromium and Python's playwright and prometheus_client for the console and metrics tests,
+# cargo-deb, systemd-analyze and logrotate for the package test) when they are missing, then
+# runs formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ need=()
 command -v postfix >/dev/null || need+=(postfix)
 command -v smtp-sink >/dev/null || need+=(postfix)
 command -v redis-server >/dev/null || need+=(redis-server)
+# redis-cli builds the test Redis Cluster (--cluster create) and talks TLS to the TLS server;
+# sentinels run as `redis-server --sentinel`, so redis-sentinel itself is not needed.
+command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v swaks >/dev/null || need+=(swaks)
 command -v openssl >/dev/null || need+=(openssl)
 # The console test drives Debian's Chromium by its path (never a browser Playwright downloads).

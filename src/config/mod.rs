@@ -214,6 +214,71 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_and_tls_are_checked_naming_the_key() {
+        let state = |rest: &str| format!("[state]\nbackend = \"redis\"\n{rest}");
+        let key_of = |rest: &str| proxy(&state(rest)).expect_err(rest).key.unwrap_or_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "not pem").unwrap();
+        let pem = pem.display();
+        for (rest, key) in [
+            ("mode = \"ring\"\nurl = \"redis://x\"", "state.mode"),
+            ("mode = \"cluster\"", "state.nodes"),
+            (
+                "mode = \"cluster\"\nnodes = [\"redis://a:1\", \"rediss://b:2\"]",
+                "state.nodes[1]",
+            ),
+            (
+                "mode = \"cluster\"\nnodes = [\"http://a:1\"]",
+                "state.nodes[0]",
+            ),
+            (
+                "mode = \"sentinel\"\nsentinels = [\"redis://a:26379\"]",
+                "state.master_name",
+            ),
+            (
+                "mode = \"sentinel\"\nmaster_name = \"m\"",
+                "state.sentinels",
+            ),
+            (
+                "url = \"redis://a:1\"\nnodes = [\"redis://a:1\"]",
+                "state.nodes",
+            ),
+            (
+                "url = \"rediss://a:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"",
+                "state.tls_ca_file",
+            ),
+            (
+                &format!("url = \"rediss://a:1\"\ntls_ca_file = \"{pem}\""),
+                "state.tls_ca_file",
+            ),
+            (
+                "url = \"redis://a:1\"\ntls_ca_file = \"/etc/hostname\"",
+                "state.tls_ca_file",
+            ),
+            (
+                "url = \"rediss://a:1\"\ntls_cert_file = \"/etc/hostname\"",
+                "state.tls_key_file",
+            ),
+            ("url = \"redis://a:1\"\nprefix = \"{x}\"", "state.prefix"),
+            ("", "state.url"),
+        ] {
+            assert_eq!(key_of(rest), key, "{rest}");
+        }
+        for ok in [
+            "url = \"rediss://127.0.0.1:6380\"",
+            "mode = \"cluster\"\nnodes = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]",
+            "mode = \"sentinel\"\nsentinels = [\"rediss://127.0.0.1:26379\"]\nmaster_name = \"m\"\npassword = \"p\"",
+        ] {
+            assert!(
+                proxy(&state(ok)).is_ok(),
+                "{ok}: {:?}",
+                proxy(&state(ok)).err()
+            );
+        }
+    }
+
+    #[test]
     fn errors_point_at_the_key_in_its_own_section() {
         // `address` also appears under [[lists]]: the line is upstream's.
         let text = "[proxy]\nlisten = \"127.0.0.1:2525\"\n[[lists]]\naddress = \"all@x.test\"\nmembers = 5\n[[lists]]\naddress = \"b@x.test\"\nmembers = 0\n[upstream]\naddress = \"127.0.0.1:1\"\n";

@@ -635,11 +635,41 @@ pub enum StateFallback {
     Tempfail,
 }
 
+/// How the Redis backend finds its server(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `url` (or a proxy/endpoint that always names the primary).
+    #[default]
+    Standalone,
+    /// A Redis Cluster reached through the seed `nodes`; storms spread over its shards.
+    Cluster,
+    /// The primary that `sentinels` name for `master_name`; followed across failovers.
+    Sentinel,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub backend: StateBackend,
+    pub mode: RedisMode,
+    /// Standalone: the server (`redis://`, `rediss://` for TLS, `unix://`).
     pub url: Option<String>,
+    /// Cluster: seed nodes (`redis://host:port` or `rediss://`); the rest is discovered.
+    pub nodes: Vec<String>,
+    /// Sentinel: the sentinels (`redis://host:26379` or `rediss://`).
+    pub sentinels: Vec<String>,
+    /// Sentinel: the name the sentinels monitor the primary under.
+    pub master_name: Option<String>,
+    /// Cluster and sentinel: credentials for the data nodes (standalone takes them in `url`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// TLS (`rediss://`): the CA certificate(s) to verify servers with, PEM; the system's
+    /// roots when unset.
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS client certificate and key (PEM), for servers with `tls-auth-clients yes`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub prefix: String,
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
@@ -650,7 +680,16 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             backend: StateBackend::Memory,
+            mode: RedisMode::Standalone,
             url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             prefix: "sb:".into(),
             timeout: Duration::from_millis(200),
             on_unavailable: StateFallback::Local,

@@ -80,17 +80,10 @@ impl Config {
                 );
             }
         }
-        if let Some(url) = &self.state.url
-            && self.state.backend == StateBackend::Redis
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://")
-                || url.starts_with("redis+unix://"))
-        {
-            return fail(
-                "state.url",
-                format!("{url:?} is not a Redis URL (redis://host:port/db)"),
-            );
+        if self.state.backend == StateBackend::Redis {
+            // The same checks `run` connects with (modes, URLs, TLS files), naming the key.
+            crate::store::redis_link::Target::from_config(&self.state, self.state.timeout)
+                .map_err(|e| (e.key, e.message))?;
         }
         Ok(())
     }
@@ -344,9 +337,6 @@ impl Config {
                     return fail(&format!("lists[{i}].{key}"), "must be longer than 0s");
                 }
             }
-        }
-        if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
-            return fail("state.url", "the redis backend needs a url");
         }
         self.check_list_sources(text)?;
         self.check_required()?;

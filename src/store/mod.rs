@@ -23,6 +23,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod redis_link;
 pub mod snapshot;
 
 pub use self::redis::RedisStore;

@@ -3,6 +3,7 @@
 //! shared by these tests are here.
 
 mod e2e;
+mod modes;
 mod nodes;
 mod outage;
 mod store;

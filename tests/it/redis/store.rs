@@ -504,7 +504,7 @@ fn every_key_expires_and_the_script_survives_a_flush() {
         let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
         // The index, the storm, its link, the manual storm and 12 message records.
         assert_eq!(keys.len(), 16, "{keys:?}");
-        assert!(keys.contains(&store.index_key()));
+        assert!(keys.contains(&store.index_key().as_str()));
         assert!(keys.contains(&store.thread_key(&k[0]).as_str()));
         assert!(keys.contains(&store.message_key(1).as_str()));
         // A block of 6 h, half-open for 1 h, a window after that, a minute of grace; links

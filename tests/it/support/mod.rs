@@ -6,7 +6,8 @@
 //!   benches), and [`relay`], the one most tests send through.
 //! - `sink`: the recording sink every message ends at, and misbehaving upstreams.
 //! - `stormbreaker`: the real binary as proxy, milter or administrator's command.
-//! - `redis`: redis-server processes.
+//! - `redis`: redis-server processes; `redis_modes`: a Redis Cluster, a Sentinel set and a
+//!   TLS-only server.
 //! - `peers`: the other real MTAs of `scripts/peers/` (Exim, Sendmail, Postfix with SASL), a
 //!   test CA and a TCP tap.
 //! - `slapd`: private OpenLDAP servers (list sizes from LDAP groups).
@@ -22,6 +23,7 @@ pub mod logs;
 pub mod peers;
 pub mod postfix;
 pub mod redis;
+pub mod redis_modes;
 pub mod sink;
 pub mod slapd;
 pub mod storm;
