@@ -13,7 +13,7 @@
 use crate::quarantine::HeldMeta;
 use crate::quarantine::record::rfc3339;
 use crate::store::BreakerStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 /// Points a timeline has at most: wider buckets beyond that.
@@ -136,13 +136,17 @@ pub struct Storm {
     pub timeline: Timeline,
 }
 
-/// A held or released message as the console lists it.
-#[derive(Debug, Clone, Serialize)]
+/// A held or released message as the console lists it (and as another node's
+/// `quarantine list --all-nodes` and console read it from this one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldRow {
+    /// The node whose quarantine has it (`[admin] node_name`); its id is unique there only.
+    #[serde(default)]
+    pub node: String,
     pub id: String,
     pub storm: String,
     /// held or released.
-    pub state: &'static str,
+    pub state: String,
     pub received_at: String,
     pub received_at_ms: u64,
     pub mail_from: String,
@@ -152,17 +156,21 @@ pub struct HeldRow {
     pub audience: u64,
     pub list: Option<String>,
     pub thread: String,
+    /// The message's other thread keys (`quarantine list --thread` matches them too).
+    #[serde(default)]
+    pub keys: Vec<String>,
     pub breaker: String,
     pub reason: String,
     pub size: u64,
 }
 
 impl HeldRow {
-    pub fn new(meta: &HeldMeta, state: &'static str) -> HeldRow {
+    pub fn new(node: &str, meta: &HeldMeta, state: &str) -> HeldRow {
         HeldRow {
+            node: node.into(),
             id: meta.id.clone(),
             storm: storm_of_held(meta),
-            state,
+            state: state.into(),
             received_at: rfc3339(meta.received_at_ms),
             received_at_ms: meta.received_at_ms,
             mail_from: meta.envelope.mail_from.clone(),
@@ -177,10 +185,39 @@ impl HeldRow {
             audience: meta.audience,
             list: meta.list.clone(),
             thread: meta.thread.clone(),
+            keys: meta.keys.clone(),
             breaker: meta.breaker.clone(),
             reason: meta.reason.clone(),
             size: meta.size,
         }
+    }
+
+    /// The record's metadata as far as a row carries it (another node's held mail, for the
+    /// storm list, the CLI's filters and its summary): recipients without their parameters,
+    /// the breaker's counts at the hold left out.
+    pub fn to_meta(&self) -> HeldMeta {
+        let rcpts: Vec<&str> = self.rcpt_to.iter().map(String::as_str).collect();
+        HeldMeta {
+            id: self.id.clone(),
+            received_at_ms: self.received_at_ms,
+            envelope: crate::envelope::Envelope::to(&self.mail_from, &rcpts),
+            message_id: self.message_id.clone(),
+            subject: self.subject.clone(),
+            thread: self.thread.clone(),
+            keys: self.keys.clone(),
+            list: self.list.clone(),
+            audience: self.audience,
+            breaker: self.breaker.clone(),
+            replies: 0,
+            senders: 0,
+            reason: self.reason.clone(),
+            size: self.size,
+        }
+    }
+
+    /// How a release or delete names this row from any node: `NODE:ID`.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.node, self.id)
     }
 
     /// Whether every word of `query` appears (any case) in the id, sender, a recipient, the
@@ -524,7 +561,10 @@ mod tests {
             10,
         );
         m.subject = Some("=HYPERLINK(\"http://evil\")".into());
-        let row = HeldRow::new(&m, "held");
+        let row = HeldRow::new("mx1", &m, "held");
+        assert_eq!(row.reference(), "mx1:20261201-ab");
+        let back: HeldRow = serde_json::from_value(serde_json::to_value(&row).unwrap()).unwrap();
+        assert_eq!(back.to_meta().summary(), m.summary());
         assert!(row.matches("alice 20261201"));
         assert!(row.matches("HYPERLINK"));
         assert!(!row.matches("bob"));

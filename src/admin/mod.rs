@@ -8,8 +8,8 @@
 //! | `GET /ready` | none | readiness JSON, 503 when a check fails (`ready`) |
 //! | `GET /metrics` | none | Prometheus text 0.0.4 |
 //! | `GET /api/session`, `POST /api/login`, `POST /api/logout` | | who is logged in |
-//! | `GET /api/storms` | yes | storms with their timelines (`console`) |
-//! | `GET /api/held?storm=ID&q=WORDS` | yes | held and released messages |
+//! | `GET /api/storms[?nodes=all]` | yes | storms with their timelines (`console`) |
+//! | `GET /api/held?storm=ID&q=WORDS[&nodes=all]` | yes | held and released messages |
 //! | `GET /api/report.csv?storm=ID` | yes | the storm report |
 //! | `POST /api/release`, `/api/delete` `{"ids":[…]}` | yes + CSRF | act on held mail |
 //! | `POST /api/trip`, `/api/reset` `{"key":"…"}` | yes + CSRF | breakers by hand |
@@ -17,11 +17,15 @@
 //!
 //! Authentication and cross-origin rules: see `auth`. Every action is in the quarantine's
 //! audit log with the caller's name, and in the log with the client's address.
+//!
+//! Several nodes (`[admin] peers`, see `peers`): `nodes=all` adds every peer's held mail, each
+//! row with its `node`; release and delete take `NODE:ID` and forward other nodes' ids there.
 
 pub mod auth;
 pub mod client;
 pub mod console;
 pub mod metric;
+pub mod peers;
 pub mod ready;
 
 use crate::config::Config;
@@ -252,7 +256,39 @@ type Result<T> = std::result::Result<T, ApiError>;
 type Peer = ConnectInfo<SocketAddr>;
 
 fn caller(a: &Admin, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
-    Ok(a.auth.authenticate(headers, peer)?)
+    let mut c = a.auth.authenticate(headers, peer)?;
+    // Another node acting for someone (`peers`): the audit log names that person and the
+    // node, and the token that vouched for them when it is not theirs.
+    if let Some((who, via)) = forwarded_for(headers)
+        && !matches!(c.via, auth::Via::Session { .. })
+    {
+        c.name = if who == c.name {
+            format!("{who} via {via}")
+        } else {
+            format!("{who} via {via} (token {})", c.name)
+        };
+    }
+    Ok(c)
+}
+
+/// The person and node of a request another node forwarded (names as token files spell them).
+fn forwarded_for(headers: &HeaderMap) -> Option<(String, String)> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+            })
+            .map(str::to_string)
+    };
+    Some((
+        header(client::ON_BEHALF_HEADER)?,
+        header(client::VIA_NODE_HEADER)?,
+    ))
 }
 
 /// A caller allowed to change state: authenticated, same origin, CSRF token when needed.
@@ -384,21 +420,93 @@ async fn storms(
     State(a): State<Arc<Admin>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
+    Query(query): Query<NodesQuery>,
 ) -> Result<Response> {
-    caller(&a, &headers, peer)?;
+    let c = caller(&a, &headers, peer)?;
     let now = crate::now_ms();
     let (breakers, breakers_error) = match a.engine().try_open_breakers(now).await {
         Ok(b) => (b, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let (held, released) = scan(&a).await?;
+    let (mut held, mut released) = scan(&a).await?;
+    let mut nodes = Vec::new();
+    if query.wants_all_nodes(&headers) {
+        let config = a.config();
+        nodes.push(NodeView::ok(&config.admin.node_name(), None, held.len()));
+        for answer in peers::held_rows(&config, &c.name, "").await {
+            match &answer.rows {
+                Ok(rows) => {
+                    for row in rows {
+                        let list = if row.state == "held" {
+                            &mut held
+                        } else {
+                            &mut released
+                        };
+                        list.push(row.to_meta());
+                    }
+                    let n = rows.iter().filter(|r| r.state == "held").count();
+                    nodes.push(NodeView::ok(&answer.node, Some(&answer.url), n));
+                }
+                Err(e) => nodes.push(NodeView::failed(&answer, e)),
+            }
+        }
+    }
     let storms = console::storms(&breakers, &held, &released);
     Ok(Json(serde_json::json!({
         "now_ms": now,
         "storms": storms,
         "breakers_error": breakers_error,
+        "nodes": nodes,
     }))
     .into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct NodesQuery {
+    /// `all`: every node of `[admin] peers` too.
+    nodes: Option<String>,
+}
+
+impl NodesQuery {
+    /// Whether to ask the peers: asked for, and not itself a request from another node (so a
+    /// view never goes round the nodes twice).
+    fn wants_all_nodes(&self, headers: &HeaderMap) -> bool {
+        self.nodes.as_deref() == Some("all") && !headers.contains_key(client::VIA_NODE_HEADER)
+    }
+}
+
+/// How one node answered a view of all nodes.
+#[derive(serde::Serialize)]
+struct NodeView {
+    name: String,
+    url: Option<String>,
+    ok: bool,
+    /// Its held messages (in the view's filter).
+    held: usize,
+    error: Option<String>,
+}
+
+impl NodeView {
+    fn ok(name: &str, url: Option<&str>, held: usize) -> NodeView {
+        NodeView {
+            name: name.into(),
+            url: url.map(str::to_string),
+            ok: true,
+            held,
+            error: None,
+        }
+    }
+
+    fn failed(answer: &peers::NodeRows, error: &str) -> NodeView {
+        tracing::warn!(node = %answer.node, url = %answer.url, %error, "admin API: a peer's held mail is not in the view");
+        NodeView {
+            name: answer.node.clone(),
+            url: Some(answer.url.clone()),
+            ok: false,
+            held: 0,
+            error: Some(error.into()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -407,10 +515,47 @@ struct HeldQuery {
     q: Option<String>,
     /// `held`, `released`, or both when absent.
     state: Option<String>,
+    #[serde(flatten)]
+    nodes: NodesQuery,
+}
+
+impl HeldQuery {
+    /// The query a peer is asked (its own rows only).
+    fn for_peer(&self) -> String {
+        let mut q = url_query();
+        for (key, value) in [
+            ("storm", &self.storm),
+            ("q", &self.q),
+            ("state", &self.state),
+        ] {
+            if let Some(v) = value {
+                q.append_pair(key, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+fn url_query() -> QueryBuilder {
+    QueryBuilder(Vec::new())
+}
+
+/// `key=value&…`, percent-encoded.
+struct QueryBuilder(Vec<String>);
+
+impl QueryBuilder {
+    fn append_pair(&mut self, key: &str, value: &str) {
+        self.0.push(format!("{key}={}", client::encode(value)));
+    }
+
+    fn finish(self) -> String {
+        self.0.join("&")
+    }
 }
 
 async fn rows(a: &Admin, query: &HeldQuery) -> Result<Vec<console::HeldRow>> {
     let (held, released) = scan(a).await?;
+    let node = a.config().admin.node_name();
     let wanted = |state: &str| query.state.as_deref().is_none_or(|s| s == state);
     let mut rows: Vec<console::HeldRow> = Vec::new();
     for (list, state) in [(&held, "held"), (&released, "released")] {
@@ -425,7 +570,7 @@ async fn rows(a: &Admin, query: &HeldQuery) -> Result<Vec<console::HeldRow>> {
                         .as_deref()
                         .is_none_or(|s| console::storm_of_held(m) == s)
                 })
-                .map(|m| console::HeldRow::new(m, state))
+                .map(|m| console::HeldRow::new(&node, m, state))
                 .filter(|r| query.q.as_deref().is_none_or(|q| r.matches(q))),
         );
     }
@@ -439,11 +584,32 @@ async fn held(
     headers: HeaderMap,
     Query(query): Query<HeldQuery>,
 ) -> Result<Response> {
-    caller(&a, &headers, peer)?;
+    let c = caller(&a, &headers, peer)?;
     let mut rows = rows(&a, &query).await?;
+    let mut nodes = Vec::new();
+    if query.nodes.wants_all_nodes(&headers) {
+        let config = a.config();
+        let held = |rows: &[console::HeldRow]| rows.iter().filter(|r| r.state == "held").count();
+        nodes.push(NodeView::ok(&config.admin.node_name(), None, held(&rows)));
+        for answer in peers::held_rows(&config, &c.name, &query.for_peer()).await {
+            match answer.rows {
+                Ok(remote) => {
+                    nodes.push(NodeView::ok(&answer.node, Some(&answer.url), held(&remote)));
+                    rows.extend(remote);
+                }
+                Err(ref e) => nodes.push(NodeView::failed(&answer, e)),
+            }
+        }
+        rows.sort_by(|x, y| {
+            (x.received_at_ms, &x.node, &x.id).cmp(&(y.received_at_ms, &y.node, &y.id))
+        });
+    }
     let total = rows.len();
     rows.truncate(MAX_ROWS);
-    Ok(Json(serde_json::json!({ "total": total, "messages": rows })).into_response())
+    Ok(
+        Json(serde_json::json!({ "total": total, "messages": rows, "nodes": nodes }))
+            .into_response(),
+    )
 }
 
 async fn report(
@@ -491,7 +657,77 @@ async fn report(
 
 #[derive(Deserialize)]
 struct Ids {
+    /// This node's ids, bare or as `NODE:ID`; other nodes' as `NODE:ID`.
     ids: Vec<String>,
+    /// Release: send again to recipients already released or in doubt (`quarantine release
+    /// --force` of another node's message; the console never sends it).
+    #[serde(default)]
+    force: bool,
+}
+
+/// The ids of a release or delete, split by node.
+#[derive(Default)]
+struct ByNode {
+    /// (as the caller named it, this node's id)
+    local: Vec<(String, String)>,
+    /// node -> its ids
+    remote: std::collections::BTreeMap<String, Vec<String>>,
+    /// Ids that cannot be acted on, with why.
+    refused: Vec<peers::Outcome>,
+}
+
+fn by_node(a: &Admin, headers: &HeaderMap, ids: &[String]) -> ByNode {
+    let me = a.config().admin.node_name();
+    let forwarded = headers.contains_key(client::VIA_NODE_HEADER);
+    let mut out = ByNode::default();
+    for reference in ids {
+        match peers::split_reference(reference, &me) {
+            (None, id) => out.local.push((reference.clone(), id.to_string())),
+            // A node forwards only its own peers' ids, and only once: no request goes round.
+            (Some(node), _) if forwarded => out.refused.push(peers::Outcome {
+                id: reference.clone(),
+                ok: false,
+                detail: format!(
+                    "this node is {me:?}: a request from another node is not forwarded to \
+                     {node:?} again"
+                ),
+            }),
+            (Some(node), id) => out
+                .remote
+                .entry(node.to_string())
+                .or_default()
+                .push(id.to_string()),
+        }
+    }
+    out
+}
+
+/// Forwards `action` of each other node's ids there; every outcome, refused ones included.
+async fn forward(
+    a: &Admin,
+    c: &Caller,
+    action: &str,
+    split: ByNode,
+    force: bool,
+) -> Vec<serde_json::Value> {
+    let config = a.config();
+    let mut results: Vec<peers::Outcome> = split.refused;
+    for (node, ids) in &split.remote {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut extra = serde_json::Map::new();
+        if force {
+            extra.insert("force".into(), true.into());
+        }
+        let outcomes = peers::act(&config, &c.name, action, node, &ids, extra).await;
+        for o in &outcomes {
+            tracing::info!(who = %c.name, client = %c.peer, id = %o.id, ok = o.ok, detail = %o.detail, node = %node, "console: {action} on another node");
+        }
+        results.extend(outcomes);
+    }
+    results
+        .into_iter()
+        .map(|o| serde_json::json!({ "id": o.id, "ok": o.ok, "detail": o.detail }))
+        .collect()
 }
 
 fn check_ids(ids: &[String]) -> Result<()> {
@@ -515,9 +751,10 @@ async fn release(
 ) -> Result<Response> {
     let c = actor(&a, &headers, peer)?;
     check_ids(&req.ids)?;
+    let mut split = by_node(&a, &headers, &req.ids);
     // One attempt: the administrator sees the upstream's answer at once and may try again.
     let opts = ReleaseOptions {
-        force: false,
+        force: req.force,
         attempts: 1,
         retry_delay: Duration::from_secs(1),
         who: c.name.clone(),
@@ -526,7 +763,8 @@ async fn release(
     };
     let target = a.shared.reinject.load_full();
     let mut results = Vec::with_capacity(req.ids.len());
-    for id in &req.ids {
+    for (reference, id) in std::mem::take(&mut split.local) {
+        let id = &id;
         let outcome = a.quarantine.release(id, &target, &opts).await;
         let (ok, detail) = match outcome {
             Ok(r) if r.is_complete() => (
@@ -557,8 +795,9 @@ async fn release(
         let result = if ok { "released" } else { "failed" };
         metrics::counter!(metric::RELEASES, "result" => result).increment(1);
         tracing::info!(who = %c.name, client = %peer, id = %id, ok, detail = %detail, "console: release");
-        results.push(serde_json::json!({ "id": id, "ok": ok, "detail": detail }));
+        results.push(serde_json::json!({ "id": reference, "ok": ok, "detail": detail }));
     }
+    results.extend(forward(&a, &c, "release", split, req.force).await);
     Ok(Json(serde_json::json!({ "results": results })).into_response())
 }
 
@@ -570,14 +809,15 @@ async fn delete(
 ) -> Result<Response> {
     let c = actor(&a, &headers, peer)?;
     check_ids(&req.ids)?;
+    let mut split = by_node(&a, &headers, &req.ids);
     let q = a.quarantine.clone();
     let who = c.name.clone();
-    let ids = req.ids.clone();
+    let ids = std::mem::take(&mut split.local);
     let outcomes = tokio::task::spawn_blocking(move || {
         ids.iter()
-            .map(|id| {
+            .map(|(reference, id)| {
                 (
-                    id.clone(),
+                    reference.clone(),
                     q.delete(id, &who).map(|_| ()).map_err(|e| e.to_string()),
                 )
             })
@@ -597,6 +837,8 @@ async fn delete(
             serde_json::json!({ "id": id, "ok": ok, "detail": detail })
         })
         .collect();
+    let mut results = results;
+    results.extend(forward(&a, &c, "delete", split, false).await);
     Ok(Json(serde_json::json!({ "results": results })).into_response())
 }
 

@@ -46,6 +46,12 @@ impl Config {
             crate::admin::auth::Tokens::load(path)
                 .map_err(|e| ("admin.token_file".to_string(), e))?;
         }
+        for (i, peer) in self.admin.peers.iter().enumerate() {
+            if let Some(path) = &peer.token_file {
+                crate::admin::auth::Tokens::load(path)
+                    .map_err(|e| (format!("admin.peers[{i}].token_file"), e))?;
+            }
+        }
         if let Some(socket) = self.log.socket_path() {
             use std::os::unix::fs::FileTypeExt;
             let is_socket = std::fs::metadata(&socket).map(|m| m.file_type().is_socket());

@@ -77,6 +77,11 @@ impl Config {
                 // A required key whose section is absent altogether (today only
                 // [upstream] address): point at what requires it, the proxy's listen line.
                 line: validate::key_line(text, &key)
+                    // An element of an inline array (`peers = [{ … }]`): the array's line.
+                    .or_else(|| {
+                        let array = key.split_once('[')?.0;
+                        validate::key_line(text, array)
+                    })
                     .or_else(|| validate::key_line(text, "proxy.listen")),
                 key: Some(key),
                 message,
@@ -90,7 +95,10 @@ impl Config {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             ConfigError {
                 file: path.to_path_buf(),
-                line: validate::key_line(&text, &key),
+                line: validate::key_line(&text, &key).or_else(|| {
+                    let array = key.split_once('[')?.0;
+                    validate::key_line(&text, array)
+                }),
                 key: Some(key),
                 message,
             }
@@ -171,6 +179,40 @@ mod tests {
         ] {
             assert!(dump.contains(key), "{key} not in {dump}");
         }
+    }
+
+    #[test]
+    fn admin_peers_are_checked_with_their_key_and_line() {
+        let ok = proxy(
+            "[admin]\nlisten = \"127.0.0.1:9925\"\nnode_name = \"mx1\"\n\
+             peers = [{ name = \"mx2\", url = \"http://10.0.0.2:9925\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.admin.node_name(), "mx1");
+        assert_eq!(ok.admin.peers[0].name, "mx2");
+        // Inline array: the `peers` line.
+        let e = refused(
+            "[admin]\nnode_name = \"mx1\"\npeers = [{ name = \"mx2\", url = \"https://mx2:9925\" }]\n",
+            "admin.peers[0].url",
+        );
+        assert_eq!(e.line, Some(7), "{e}");
+        // Tables: the key's own line.
+        let e = refused(
+            "[admin]\nnode_name = \"mx1\"\n[[admin.peers]]\nname = \"mx2\"\nurl = \"http://a:1\"\n\
+             [[admin.peers]]\nname = \"mx2\"\nurl = \"http://b:1\"\n",
+            "admin.peers[1].name",
+        );
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.message.contains("named twice"), "{e}");
+        refused(
+            "[admin]\nnode_name = \"mx1\"\npeers = [{ name = \"mx1\", url = \"http://a:1\" }]\n",
+            "admin.peers[0].name",
+        );
+        refused("[admin]\nnode_name = \"mx 1\"\n", "admin.node_name");
+        refused(
+            "[admin]\npeers = [{ name = \"a:b\", url = \"http://a:1\" }]\n",
+            "admin.peers[0].name",
+        );
     }
 
     #[test]

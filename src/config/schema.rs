@@ -823,6 +823,46 @@ pub struct AdminConfig {
     /// and group only. Without it the console and API answer loopback clients only, as
     /// "anonymous". /metrics, /health and /ready never ask for a token.
     pub token_file: Option<PathBuf>,
+    /// This node's name in a quarantine view of several nodes (`peers`): the `node` of its
+    /// held mail and the prefix of its ids elsewhere (`mx1:20261202T…`). The host name when
+    /// unset.
+    pub node_name: Option<String>,
+    /// The other nodes serving the same organisation, each with its own quarantine: `quarantine
+    /// list --all-nodes` and the console list their held mail through their admin API, and a
+    /// release or delete of `NAME:ID` runs there.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// Another node's admin API (`[admin] peers`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its `[admin] node_name`: letters, digits, '.', '_', '-'.
+    pub name: String,
+    /// `http://HOST:PORT` of its `[admin] listen`.
+    pub url: String,
+    /// The token file whose entry (the one named like the caller, else the first) the peer
+    /// accepts; this node's `[admin] token_file` when unset.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// `node_name`, else the host name (else "localhost").
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    /// The token file a request to `peer` authenticates with.
+    pub fn peer_token_file<'a>(&'a self, peer: &'a PeerConfig) -> Option<&'a PathBuf> {
+        peer.token_file.as_ref().or(self.token_file.as_ref())
+    }
 }
 
 /// The signed mark of a decision already made (`X-Stormbreaker-Mark`, see `mark.rs`).

@@ -71,6 +71,7 @@ impl Config {
                 return fail("admin.listen", "is the same address as proxy.listen".into());
             }
         }
+        self.check_peers()?;
         for (i, sender) in self.policy.exempt_senders.iter().enumerate() {
             // An envelope sender, or the name a submission client authenticates as.
             if sender.trim().is_empty() || sender.trim().contains(char::is_whitespace) {
@@ -84,6 +85,35 @@ impl Config {
             // The same checks `run` connects with (modes, URLs, TLS files), naming the key.
             crate::store::redis_link::Target::from_config(&self.state, self.state.timeout)
                 .map_err(|e| (e.key, e.message))?;
+        }
+        Ok(())
+    }
+
+    /// `[admin] node_name` and `peers`: names that can prefix an id, one per node, and URLs
+    /// the admin client can reach.
+    fn check_peers(&self) -> Result<(), (String, String)> {
+        let admin = &self.admin;
+        if let Some(name) = &admin.node_name {
+            check_node_name(name).map_err(|e| ("admin.node_name".to_string(), e))?;
+        }
+        let me = admin.node_name();
+        for (i, peer) in admin.peers.iter().enumerate() {
+            let key = |leaf: &str| format!("admin.peers[{i}].{leaf}");
+            check_node_name(&peer.name).map_err(|e| (key("name"), e))?;
+            if peer.name == me {
+                return Err((
+                    key("name"),
+                    format!(
+                        "{:?} is this node's own name ([admin] node_name, else the host name): \
+                         list the other nodes only",
+                        peer.name
+                    ),
+                ));
+            }
+            if admin.peers[..i].iter().any(|p| p.name == peer.name) {
+                return Err((key("name"), format!("{:?} is named twice", peer.name)));
+            }
+            crate::admin::client::peer_authority(&peer.url).map_err(|e| (key("url"), e))?;
         }
         Ok(())
     }
@@ -571,6 +601,21 @@ pub(super) fn key_line(text: &str, key: &str) -> Option<usize> {
         }
     }
     header_line
+}
+
+/// A node's name prefixes its ids (`mx2:20261202T…`), so it has no ':' or space.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(format!(
+            "{name:?} is not a node name (1 to 64 letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
 }
 
 /// A tracing filter that names levels only where levels go: `info`, `warn,stormbreaker=debug`.

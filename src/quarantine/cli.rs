@@ -1,7 +1,12 @@
 //! `stormbreaker quarantine ...`: list, show, release, delete, purge.
 //!
 //! Exit codes: 0 done; 1 a release did not reach every recipient (the upstream's reply is
-//! printed) or was refused without --force; 2 unknown id or bad arguments.
+//! printed) or was refused without --force, or `list --all-nodes` could not ask every node
+//! (what the others hold is still listed); 2 unknown id or bad arguments.
+//!
+//! Several nodes (`[admin] peers`): `list --all-nodes` adds every node's held mail through its
+//! admin API, and `release`/`delete` of `NODE:ID` run on that node through its API (see
+//! `admin::peers`).
 
 use crate::config::{Config, parse_duration};
 use crate::quarantine::audit;
@@ -32,10 +37,17 @@ pub enum Command {
         /// Only messages held within this long, e.g. "2h".
         #[arg(long, value_parser = duration_arg)]
         since: Option<Duration>,
+        /// Every node's held mail: this one's, and each of [admin] peers' through its admin
+        /// API; each entry names its node (a NODE column, a "node" field). A node that cannot
+        /// be asked is named on standard error, and the exit code is 1.
+        #[arg(long)]
+        all_nodes: bool,
     },
     /// Show one message: its metadata and release journal, then its exact bytes.
     Show { id: String },
-    /// Send held messages on to the upstream with their original envelope.
+    /// Send held messages on to the upstream with their original envelope. Another node's
+    /// message, NODE:ID as `list --all-nodes` shows it, is released there through its admin
+    /// API (one attempt).
     Release {
         #[arg(required_unless_present = "thread", conflicts_with = "thread")]
         ids: Vec<String>,
@@ -52,7 +64,7 @@ pub enum Command {
         #[arg(long, default_value = "5s", value_parser = duration_arg)]
         retry_delay: Duration,
     },
-    /// Remove held messages without delivering them.
+    /// Remove held messages without delivering them (NODE:ID: on that node).
     Delete {
         #[arg(required_unless_present = "thread", conflicts_with = "thread")]
         ids: Vec<String>,
@@ -91,6 +103,7 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             list,
             sender,
             since,
+            all_nodes,
         } => {
             let filter = ListFilter {
                 thread: thread.as_deref().map(crate::fingerprint::normalize_key),
@@ -111,6 +124,9 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
                 .filter(|m| filter.matches(m))
                 .map(|m| m.summary())
                 .collect();
+            if all_nodes {
+                return list_all_nodes(config, &who, &filter, held, json, out);
+            }
             if json {
                 serde_json::to_writer_pretty(&mut *out, &held)?;
                 writeln!(out)?;
@@ -141,11 +157,15 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             Err(e) => Ok(report_error(&e)),
         },
         Command::Delete { ids, thread } => {
+            let (ids, remote) = split_by_node(config, ids);
+            let mut code = on_other_nodes(config, &who, "delete", &remote, false, out)?;
+            if ids.is_empty() && thread.is_none() {
+                return Ok(code);
+            }
             let ids = match select(&q, ids, thread.as_deref()) {
                 Ok(ids) => ids,
                 Err(code) => return Ok(code),
             };
-            let mut code = 0;
             for id in ids {
                 match q.delete(&id, &who) {
                     Ok(_) => writeln!(out, "{id}: deleted")?,
@@ -173,6 +193,11 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             attempts,
             retry_delay,
         } => {
+            let (ids, remote) = split_by_node(config, ids);
+            let remote_code = on_other_nodes(config, &who, "release", &remote, force, out)?;
+            if ids.is_empty() && thread.is_none() {
+                return Ok(remote_code);
+            }
             let ids = match select(&q, ids, thread.as_deref()) {
                 Ok(ids) => ids,
                 Err(code) => return Ok(code),
@@ -199,7 +224,7 @@ pub fn run_with(config: &Config, command: Command, out: &mut dyn Write) -> anyho
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let mut code = 0;
+            let mut code = remote_code;
             for id in ids {
                 code = code.max(runtime.block_on(release_one(&q, &id, &upstream, &opts, out))?);
             }
@@ -246,6 +271,154 @@ async fn release_one(
             Ok(1)
         }
     }
+}
+
+/// One entry of `list --all-nodes --json`: a held message and the node that has it.
+#[derive(serde::Serialize)]
+struct NodeEntry {
+    node: String,
+    #[serde(flatten)]
+    held: HeldSummary,
+}
+
+/// `list --all-nodes`: this node's `held` and every peer's, oldest first.
+fn list_all_nodes(
+    config: &Config,
+    who: &str,
+    filter: &ListFilter,
+    held: Vec<HeldSummary>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let me = config.admin.node_name();
+    let mut entries: Vec<NodeEntry> = held
+        .into_iter()
+        .map(|held| NodeEntry {
+            node: me.clone(),
+            held,
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answers = runtime.block_on(crate::admin::peers::held_rows(config, who, "state=held"));
+    let mut code = 0;
+    for answer in answers {
+        match answer.rows {
+            Ok(rows) => entries.extend(
+                rows.iter()
+                    .map(|row| row.to_meta())
+                    .filter(|meta| filter.matches(meta))
+                    .map(|meta| NodeEntry {
+                        node: answer.node.clone(),
+                        held: meta.summary(),
+                    }),
+            ),
+            Err(e) => {
+                eprintln!(
+                    "stormbreaker: warning: node {} ({}): its held mail is not listed: {e}",
+                    answer.node, answer.url
+                );
+                code = 1;
+            }
+        }
+    }
+    entries.sort_by(|x, y| {
+        (x.held.received_at_ms, &x.node, &x.held.id).cmp(&(
+            y.held.received_at_ms,
+            &y.node,
+            &y.held.id,
+        ))
+    });
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &entries)?;
+        writeln!(out)?;
+    } else {
+        let width = entries
+            .iter()
+            .map(|e| e.node.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut table = Vec::new();
+        let held: Vec<HeldSummary> = entries.iter().map(|e| e.held.clone()).collect();
+        print_table(&mut table, &held)?;
+        let text = String::from_utf8_lossy(&table);
+        let mut lines = text.lines();
+        if let Some(header) = lines.next() {
+            writeln!(out, "{:<width$} {header}", "NODE")?;
+        }
+        for (entry, line) in entries.iter().zip(lines.by_ref()) {
+            writeln!(out, "{:<width$} {line}", entry.node)?;
+        }
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(code)
+}
+
+/// This node's ids (bare, or prefixed with its own name) and, by node, other nodes' `NODE:ID`.
+fn split_by_node(config: &Config, ids: Vec<String>) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let me = config.admin.node_name();
+    let mut local = Vec::new();
+    let mut remote: Vec<(String, Vec<String>)> = Vec::new();
+    for reference in &ids {
+        match crate::admin::peers::split_reference(reference, &me) {
+            (None, id) => local.push(id.to_string()),
+            (Some(node), id) => match remote.iter_mut().find(|(n, _)| n == node) {
+                Some((_, list)) => list.push(id.to_string()),
+                None => remote.push((node.to_string(), vec![id.to_string()])),
+            },
+        }
+    }
+    (local, remote)
+}
+
+/// `action` (release, delete) of other nodes' ids through their admin API; the exit code.
+fn on_other_nodes(
+    config: &Config,
+    who: &str,
+    action: &str,
+    remote: &[(String, Vec<String>)],
+    force: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    if remote.is_empty() {
+        return Ok(0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut code = 0;
+    for (node, ids) in remote {
+        if let Err(e) = crate::admin::peers::find(config, node) {
+            eprintln!("stormbreaker: {e}");
+            code = code.max(2);
+            continue;
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut extra = serde_json::Map::new();
+        if force {
+            extra.insert("force".into(), true.into());
+        }
+        let outcomes = runtime.block_on(crate::admin::peers::act(
+            config, who, action, node, &ids, extra,
+        ));
+        for o in outcomes {
+            if o.ok {
+                writeln!(out, "{}: {}", o.id, o.detail)?;
+            } else {
+                eprintln!("stormbreaker: {}: {}", o.id, o.detail);
+                code = code.max(if o.detail == "no such held message" {
+                    2
+                } else {
+                    1
+                });
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// The ids named, or every held message of a thread.

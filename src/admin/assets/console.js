@@ -109,11 +109,17 @@ async function logout() {
 }
 
 async function refresh() {
-  const data = await api("GET", "/api/storms");
+  // Every node's held mail ([admin] peers); a node that does not answer is named.
+  const data = await api("GET", "/api/storms?nodes=all");
   state.storms = data.storms;
   const err = $("breakers-error");
-  err.hidden = !data.breakers_error;
-  err.textContent = data.breakers_error ? `Breakers unavailable: ${data.breakers_error}` : "";
+  const problems = [];
+  if (data.breakers_error) problems.push(`Breakers unavailable: ${data.breakers_error}`);
+  for (const n of data.nodes || []) {
+    if (!n.ok) problems.push(`Node ${n.name} (${n.url}) not shown: ${n.error}`);
+  }
+  err.hidden = problems.length === 0;
+  err.textContent = problems.join(" ");
   renderStorms();
   if (state.selectedStorm) {
     const still = state.storms.find((s) => s.id === state.selectedStorm);
@@ -282,6 +288,9 @@ function renderTimeline(t) {
     `at most ${max} in one; ${seen} distinct senders. The table below has every value.`;
 }
 
+// How a release or delete names a message on any node: NODE:ID.
+const ref = (m) => (m.node ? `${m.node}:${m.id}` : m.id);
+
 async function loadMessages() {
   if (!state.selectedStorm) return;
   const params = new URLSearchParams({ storm: state.selectedStorm });
@@ -289,9 +298,10 @@ async function loadMessages() {
   if (q) params.set("q", q);
   const st = $("state-filter").value;
   if (st) params.set("state", st);
+  params.set("nodes", "all");
   const data = await api("GET", `/api/held?${params}`);
   state.messages = data.messages;
-  const shown = new Set(state.messages.map((m) => m.id));
+  const shown = new Set(state.messages.map(ref));
   for (const id of [...state.checked]) if (!shown.has(id)) state.checked.delete(id);
   $("held-count").textContent =
     data.total > data.messages.length
@@ -308,11 +318,11 @@ function renderMessages() {
     const pick = el("td");
     const box = document.createElement("input");
     box.type = "checkbox";
-    box.checked = state.checked.has(m.id);
+    box.checked = state.checked.has(ref(m));
     box.setAttribute("aria-label", `Select ${m.id}`);
     box.addEventListener("change", () => {
-      if (box.checked) state.checked.add(m.id);
-      else state.checked.delete(m.id);
+      if (box.checked) state.checked.add(ref(m));
+      else state.checked.delete(ref(m));
     });
     pick.append(box);
     const act = el("td");
@@ -320,7 +330,7 @@ function renderMessages() {
       const release = el("button", "Release", "quiet");
       release.type = "button";
       release.setAttribute("aria-label", `Release ${m.id}`);
-      release.addEventListener("click", () => act_on("release", [m.id]));
+      release.addEventListener("click", () => act_on("release", [ref(m)]));
       act.append(release);
     }
     tr.append(
@@ -330,6 +340,7 @@ function renderMessages() {
       el("td", m.rcpt_to.length, "num"),
       el("td", m.subject || ""),
       el("td", m.state),
+      el("td", m.node || ""),
       el("td", m.id),
       act,
     );
@@ -337,7 +348,7 @@ function renderMessages() {
     body.append(tr);
   }
   $("select-all").checked =
-    state.messages.length > 0 && state.messages.every((m) => state.checked.has(m.id));
+    state.messages.length > 0 && state.messages.every((m) => state.checked.has(ref(m)));
 }
 
 async function act_on(action, ids) {
@@ -411,8 +422,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("state-filter").addEventListener("change", () => loadMessages().catch((err) => say(err.message, true)));
   $("select-all").addEventListener("change", (e) => {
     for (const m of state.messages) {
-      if (e.target.checked) state.checked.add(m.id);
-      else state.checked.delete(m.id);
+      if (e.target.checked) state.checked.add(ref(m));
+      else state.checked.delete(ref(m));
     }
     renderMessages();
   });
