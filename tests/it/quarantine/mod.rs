@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod nodes;
 mod notify;
 mod release;
 mod store;
