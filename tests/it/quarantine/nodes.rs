@@ -13,7 +13,6 @@ use crate::support::{free_port, relay, scratch_dir, storm, token};
 
 struct Node {
     sb: Stormbreaker,
-    admin_port: u16,
 }
 
 impl Node {
@@ -44,7 +43,7 @@ fn node(name: &str, admin_port: u16, tokens: &std::path::Path, prefix: &str, pee
         &format!("{}\n{state}", storm::policy("quarantine", 5, &admin)),
     );
     assert!(wait_port(admin_port), "{}", sb.log());
-    Node { sb, admin_port }
+    Node { sb }
 }
 
 #[test]
