@@ -428,6 +428,14 @@ fn a_demoted_primary_is_re_resolved_at_once_without_an_outage() {
         };
         store.observe(&observe(1)).await.unwrap();
         assert_eq!(store.resolutions(), 1);
+        // Replication is asynchronous and a forced failover does not wait for it: let the
+        // replica have the first count before it is promoted (on a loaded machine it lags).
+        let dbsize = |node: &crate::support::redis_modes::Daemon| {
+            node.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap_or(0)
+        };
+        set.wait_until("the replica to have the first count", || {
+            dbsize(&set.replica) > 0 && dbsize(&set.replica) == dbsize(&set.primary)
+        });
         set.sentinels[0].cli(&["SENTINEL", "FAILOVER", &set.master_name]);
         set.wait_until("the old primary to be a replica", || {
             set.primary_port_now() == Some(set.replica.port)
