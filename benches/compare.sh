@@ -18,10 +18,11 @@
 #   small   MESSAGES x 2 KB, 1 recipient
 #   rcpt100 RCPT_MESSAGES x 2 KB, 100 recipients each (-r 100)
 #   big     BIG_MESSAGES x 200 KB (-l 204800)
-#   storm   STORM_MESSAGES x 2 KB, STORM_PERCENT % of them reply-alls: a second smtp-source, with
-#           STORM_SESSIONS of the SESSIONS, sends `Subject: Re: all hands` to the declared list
+#   storm   STORM_MESSAGES x 2 KB, STORM_PERCENT % of them reply-alls: STORM_SESSIONS more
+#           smtp-sources, one session and one sender each (a storm is people: one sender's own
+#           messages count once), send `Subject: Re: all hands` to the declared list
 #           allstaff@corp.test (5,000 members, so every one is a wide reply); after trip_replies
-#           (10) of them the thread's breaker opens and stormbreaker quarantines the rest (fsynced
+#           (3) people the thread's breaker opens and stormbreaker quarantines the rest (fsynced
 #           to disk), proxy and milter alike. smtp-source cannot write In-Reply-To, so the thread
 #           is keyed by the normalised subject, which the engine counts as a reply thread too.
 #
@@ -87,11 +88,11 @@ SINK=$(free_port)
 start "$WORK/sink.log" smtp-sink -u nobody "127.0.0.1:$SINK" 2000
 wait_port "$SINK" smtp-sink "$WORK/sink.log"
 
-policy() { # the same policy for the proxy and the milter: storm mix trips after 10 replies
+policy() { # the same policy for the proxy and the milter: the storm mix trips at 3 people
     cat <<EOF
 [policy]
 wide_audience = 2500
-trip_replies = 10
+trip_replies = 3
 window = "1h"
 block_for = "6h"
 action = "quarantine"
@@ -215,9 +216,15 @@ send() { # port load count; runs smtp-source (two of them for the storm mix) and
             smtp-source -s "$((SESSIONS - STORM_SESSIONS))" -m "$((n - storm))" -l 2048 -t b@corp.test \
                 "${common[@]}" "127.0.0.1:$port" &
             local other=$!
-            smtp-source -s "$STORM_SESSIONS" -m "$storm" -l 2048 -S "Re: all hands" \
-                -t allstaff@corp.test "${common[@]}" "127.0.0.1:$port"
-            wait "$other" ;;
+            # One smtp-source per storm session, each its own person: a storm is people
+            # replying (one sender's own messages count once).
+            local pids=() i
+            for i in $(seq "$STORM_SESSIONS"); do
+                smtp-source -s 1 -m "$((storm / STORM_SESSIONS))" -l 2048 -S "Re: all hands" \
+                    -t allstaff@corp.test -f "person$i@corp.test" -c "127.0.0.1:$port" &
+                pids+=($!)
+            done
+            wait "$other" "${pids[@]}" ;;
     esac
 }
 count_of() {
@@ -270,7 +277,7 @@ echo "load average during the run (5 s samples): $(sort -n "$LOADAVG" | awk '{a[
 [ -n "${HARAKA_PID:-}" ] && echo "Haraka CPU: $(python3 -c "print($(cpu_of "$HARAKA_PID") / $(getconf CLK_TCK))") s"
 [ -d "$WORK/proxy/quarantine" ] && echo "held by the proxy (its quarantine): $(find "$WORK/proxy/quarantine/held" -type f | wc -l) messages"
 [ -d "$WORK/front/quarantine" ] && echo "held by the front proxy (its quarantine): $(find "$WORK/front/quarantine/held" -type f | wc -l) messages"
-[ -d "$WORK/milter/queue/hold" ] && echo "held by the milter (Postfix hold queue): $(find "$WORK/milter/queue/hold" -type f | wc -l) messages"
+[ -d "$WORK/sbmilter/quarantine" ] && echo "held by the milter (its quarantine; Postfix discarded them): $(find "$WORK/sbmilter/quarantine/held" -type f | wc -l) messages"
 for f in "$ERRLOG".*; do
     [ -s "$f" ] && echo "smtp-source errors (${f##*.err.}): $(wc -l <"$f") lines, first: $(head -1 "$f")"
 done
