@@ -4,7 +4,8 @@
 //! `breaker reset` all name it; a reset by any of its keys stops every hold; keys that are not
 //! keys, or that no storm has, are refused with exit 2.
 
-use crate::support::clients::{Raw, swaks, text};
+use super::{admin_alerts, settle};
+use crate::support::clients::Raw;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
 use base64::Engine as _;
@@ -74,33 +75,6 @@ fn out(o: &Output) -> String {
     )
 }
 
-fn alerts(thread: &str) -> Vec<String> {
-    relay()
-        .sink
-        .mentioning(thread)
-        .iter()
-        .filter(|m| m.rcpts.iter().any(|r| r.contains("admin@corp.test")))
-        .map(|m| m.text().to_string())
-        .collect()
-}
-
-fn settle() {
-    let marker = token("marker");
-    let o = swaks(
-        relay().postfix.port,
-        &[
-            "--from",
-            "m@corp.test",
-            "--to",
-            "m@corp.test",
-            "--header",
-            &format!("Subject: {marker}"),
-        ],
-    );
-    assert!(text(&o).contains("250"), "{}", text(&o));
-    assert!(wait_for(|| !relay().sink.mentioning(&marker).is_empty()).is_some());
-}
-
 #[test]
 fn one_storm_has_one_id_that_every_tool_names_and_one_reset_stops() {
     let admin = free_port();
@@ -156,9 +130,9 @@ fn one_storm_has_one_id_that_every_tool_names_and_one_reset_stops() {
     }
 
     // One alert, naming the storm.
-    assert!(wait_for(|| !alerts(&id).is_empty()).is_some());
+    assert!(wait_for(|| !admin_alerts(&id).is_empty()).is_some());
     settle();
-    let sent = alerts(&id);
+    let sent = admin_alerts(&id);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(
         sent[0].contains(&format!("release --thread {}", shell(&id))),
@@ -177,7 +151,7 @@ fn one_storm_has_one_id_that_every_tool_names_and_one_reset_stops() {
         assert!(!held(&answer), "reply {i} after the reset: {answer}");
     }
     settle();
-    assert_eq!(alerts(&id).len(), 1, "no second alert after a reset");
+    assert_eq!(admin_alerts(&id).len(), 1, "no second alert after a reset");
 }
 
 fn shell(s: &str) -> String {

@@ -3,7 +3,8 @@
 //! many people to one list is, a few announcements are not, and automatic replies to a list
 //! are held from the first while those to one person pass.
 
-use crate::support::clients::{Mail, Raw, smtplib, swaks, text};
+use super::{admin_alerts, settle};
+use crate::support::clients::{Mail, Raw, smtplib};
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Postfix, Sink, relay, token, wait_for};
@@ -66,34 +67,6 @@ fn new_message(port: u16, tag: &str, from: &str, subject: &str, n: usize) -> Str
 
 fn held(answer: &str) -> bool {
     answer.starts_with("250") && answer.contains("held")
-}
-
-/// Admin alerts at the sink that mention `needle`.
-fn alerts(needle: &str) -> usize {
-    relay()
-        .sink
-        .mentioning(needle)
-        .iter()
-        .filter(|m| m.rcpts.iter().any(|r| r.contains("admin@corp.test")))
-        .count()
-}
-
-/// Waits until Postfix has passed on what the proxy gave it, by a marker sent after it.
-fn settle() {
-    let marker = token("marker");
-    let out = swaks(
-        relay().postfix.port,
-        &[
-            "--from",
-            "m@corp.test",
-            "--to",
-            "m@corp.test",
-            "--header",
-            &format!("Subject: {marker}"),
-        ],
-    );
-    assert!(text(&out).contains("250"), "{}", text(&out));
-    assert!(wait_for(|| !relay().sink.mentioning(&marker).is_empty()).is_some());
 }
 
 #[test]
@@ -201,9 +174,9 @@ fn a_wave_of_new_threads_is_held_and_a_few_announcements_are_not() {
         assert_eq!(e["thread"], format!("wave:{LIST}"));
     }
     // One alert for the wave.
-    assert!(wait_for(|| alerts(&format!("wave:{LIST}")) >= 1).is_some());
+    assert!(wait_for(|| !admin_alerts(&format!("wave:{LIST}")).is_empty()).is_some());
     settle();
-    assert_eq!(alerts(&format!("wave:{LIST}")), 1);
+    assert_eq!(admin_alerts(&format!("wave:{LIST}")).len(), 1);
 }
 
 fn out_of_office(from: &str, to: &[&str], tag: &str) -> String {

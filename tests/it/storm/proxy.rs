@@ -1,6 +1,7 @@
 //! Reply-all storms through the real proxy in front of the suite's Postfix: what is delivered,
 //! held, refused; alerts; release; the admin API; and kill -9 in the middle of a storm.
 
+use super::settle;
 use crate::support::clients::{Raw, swaks, text};
 use crate::support::postfix::milter_main_cf;
 use crate::support::sink::Delivered;
@@ -178,28 +179,6 @@ fn an_atos_storm_is_held_after_trip_replies_then_released_by_thread() {
             .quarantine_list()
             .iter()
             .all(|e| !e["subject"].as_str().unwrap_or("").contains(&thread))
-    );
-}
-
-/// Sends a marker straight to Postfix and waits for it at the sink: Postfix has then relayed
-/// what came before it, so counts of what was delivered are final.
-fn settle() {
-    let marker = token("marker");
-    let out = swaks(
-        relay().postfix.port,
-        &[
-            "--from",
-            "m@corp.test",
-            "--to",
-            "m@corp.test",
-            "--header",
-            &format!("Subject: {marker}"),
-        ],
-    );
-    assert!(text(&out).contains("250"), "{}", text(&out));
-    assert!(
-        wait_for(|| !relay().sink.mentioning(&marker).is_empty()).is_some(),
-        "marker not delivered"
     );
 }
 
