@@ -242,8 +242,9 @@ pub fn refusal(verdict: &Verdict) -> String {
 /// Text after the code and enhanced code: a reply line is at most 512 octets with CRLF.
 const MAX_REPLY_TEXT: usize = 400;
 
-/// Text put in a reply (SMTP or milter): printable ASCII only, `%` replaced (Sendmail reads
-/// it as a format), bounded, no trailing space.
+/// Text put in a reply (SMTP or milter) or a header value: printable ASCII only (CR, LF, NUL
+/// and other controls become spaces; `%`, which Sendmail reads as a format, becomes `?`), at
+/// most `max` bytes, no trailing space.
 pub fn reply_text(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
@@ -389,6 +390,15 @@ pub fn message_id(headers: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::verdict::Hold;
+
+    #[test]
+    fn reply_text_keeps_replies_on_one_printable_line() {
+        assert_eq!(
+            reply_text("a\r\nb\0c%d\u{e9}  ", 100),
+            "a  b c?d".to_string()
+        );
+        assert_eq!(reply_text("abcdef", 3), "abc");
+    }
 
     fn verdict(action: Action) -> Verdict {
         Verdict {

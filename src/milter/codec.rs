@@ -527,7 +527,7 @@ impl Response {
 }
 
 /// Appends `response` as one packet to `out`. Text fields must not contain NUL (the session
-/// cleans them with [`clean_text`]); a NUL would cut the field short on the MTA's side.
+/// cleans them with `crate::frontend::reply_text`); a NUL would cut the field short on the MTA's side.
 pub fn encode(response: &Response, out: &mut Vec<u8>) {
     let mut payload = Vec::new();
     match response {
@@ -569,24 +569,6 @@ pub(super) fn push_packet(out: &mut Vec<u8>, code: u8, payload: &[u8]) {
     out.extend_from_slice(&len.to_be_bytes());
     out.push(code);
     out.extend_from_slice(payload);
-}
-
-/// Makes text safe for a reply or a header value: printable ASCII only (CR, LF, NUL and other
-/// controls become spaces; `%`, which Sendmail treats as a format character in replies, becomes
-/// `?`), at most `max` bytes.
-pub fn clean_text(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| match c {
-            '%' => '?',
-            c if c.is_ascii_graphic() || c == ' ' => c,
-            _ => ' ',
-        })
-        .take(max)
-        .collect();
-    let trimmed = out.trim_end().len();
-    out.truncate(trimmed);
-    out
 }
 
 impl fmt::Display for Family {
@@ -858,15 +840,6 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"\x00\x00\x00\x18hX-Stormbreaker\x00deliver\x00");
-    }
-
-    #[test]
-    fn clean_text_keeps_replies_on_one_printable_line() {
-        assert_eq!(
-            clean_text("a\r\nb\0c%d\u{e9}  ", 100),
-            "a  b c?d".to_string()
-        );
-        assert_eq!(clean_text("abcdef", 3), "abc");
     }
 
     proptest! {
