@@ -126,13 +126,7 @@ impl UpstreamLink {
             // Tried once per connection: an upstream that refuses it is not asked again.
             self.xclient_tried = true;
             match conn.pass_client_xclient(identity).await {
-                Ok(passed) => {
-                    self.xclient_passed = passed;
-                    self.personal |= passed;
-                    if passed {
-                        self.xclient_helo = Some((identity.helo.clone(), identity.esmtp));
-                    }
-                }
+                Ok(passed) => self.record_xclient(identity, passed),
                 Err(e) => {
                     self.drop_connection();
                     return Err(e);
@@ -155,14 +149,9 @@ impl UpstreamLink {
     ) -> Result<(), ClientError> {
         metrics::counter!(crate::admin::metric::UPSTREAM_CONNECTS).increment(1);
         let (conn, passed) = SmtpClient::connect_with_xclient(target, attrs, identity).await?;
-        self.conn = Some(conn);
-        self.from_pool = false;
+        self.adopt(conn, false);
         self.xclient_tried = true;
-        self.xclient_passed = passed;
-        self.xclient_helo = passed.then(|| (identity.helo.clone(), identity.esmtp));
-        self.authenticated = false;
-        self.personal = passed;
-        self.stage = Stage::Commands;
+        self.record_xclient(identity, passed);
         if !passed {
             pool.learn_xclient(&target.address, &[]);
         }
@@ -184,6 +173,12 @@ impl UpstreamLink {
                 (conn, false)
             }
         };
+        self.adopt(conn, from_pool);
+        Ok(())
+    }
+
+    /// Takes `conn` as this session's connection, knowing nothing of it yet.
+    fn adopt(&mut self, conn: SmtpClient, from_pool: bool) {
         self.conn = Some(conn);
         self.from_pool = from_pool;
         self.xclient_tried = false;
@@ -192,7 +187,15 @@ impl UpstreamLink {
         self.authenticated = false;
         self.personal = false;
         self.stage = Stage::Commands;
-        Ok(())
+    }
+
+    /// What XCLIENT came to on this connection: when taken, the connection is the client's.
+    fn record_xclient(&mut self, identity: &ClientIdentity, passed: bool) {
+        self.xclient_passed = passed;
+        self.personal |= passed;
+        if passed {
+            self.xclient_helo = Some((identity.helo.clone(), identity.esmtp));
+        }
     }
 
     /// MAIL (with XFORWARD for `xforward` when offered). A connection that waited idle (in
