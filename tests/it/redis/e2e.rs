@@ -2,23 +2,10 @@
 //! Atos-shaped storm is sent through them round-robin over SMTP: no more than `trip_replies`
 //! replies reach the sink, as with one proxy.
 
-use super::reply;
+use super::{reply, send};
 use crate::support::Sink;
-use crate::support::clients::Raw;
 use crate::support::redis::RedisServer;
 use crate::support::stormbreaker::Stormbreaker;
-
-fn send(port: u16, from: &str, content: &str) -> String {
-    let mut c = Raw::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    assert!(c.cmd("RCPT TO:<all@atos.test>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(content.as_bytes());
-    let reply = c.cmd("\r\n.");
-    c.cmd("QUIT");
-    reply
-}
 
 #[test]
 fn two_proxies_on_one_redis_deliver_at_most_trip_replies() {

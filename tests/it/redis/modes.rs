@@ -4,8 +4,7 @@
 //! nothing acknowledged is lost, and once a storm's breaker is open no proxy delivers another
 //! of its replies.
 
-use super::{HOUR, MIN, SEC, T0, reply};
-use crate::support::clients::Raw;
+use super::{HOUR, MIN, SEC, T0, reply, send};
 use crate::support::redis_modes::{RedisCluster, SentinelSet, TlsRedis};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Sink, free_port};
@@ -44,19 +43,6 @@ fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
         ..StateConfig::default()
     })
     .unwrap()
-}
-
-/// One SMTP transaction of `content` from `from` to the big list; the answer to the dot.
-fn send(port: u16, from: &str, content: &str) -> String {
-    let mut c = Raw::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    assert!(c.cmd("RCPT TO:<all@atos.test>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(content.as_bytes());
-    let reply = c.cmd("\r\n.");
-    c.cmd("QUIT");
-    reply
 }
 
 fn storm_reply(i: usize, subject: &str) -> String {
