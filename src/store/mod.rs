@@ -147,7 +147,9 @@ pub trait StateStore: Send + Sync {
         Ok(())
     }
 
-    /// Keys, links and message records currently tracked (for metrics and tests).
+    /// Entries tracked now (for metrics and tests): the in-process store counts its thread
+    /// entries (storms and linked keys, what `max_threads` bounds), Redis its thread and
+    /// decided-message keys.
     async fn tracked(&self) -> Result<usize, StoreError>;
 
     /// `memory` or `redis`, for logs.
