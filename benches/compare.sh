@@ -8,9 +8,12 @@
 #   milter   smtp-source -> Postfix + stormbreaker milter -> smtp-sink
 #   front    smtp-source -> stormbreaker proxy (XCLIENT) -> Postfix -> smtp-sink: the proxy as
 #            the listener in front of Postfix (README), beside `postfix`, the same instance alone
-# For every load, each round runs every peer once, in that order (alternating, so noise on a
-# shared machine hits all alike); each figure is the median over the rounds and is reported as a
-# ratio to the direct run's median. A round's time runs from smtp-source's start to the last
+# For every load, each round runs every peer once: in the order of PEERS on odd rounds and in
+# reverse on even ones (alternating, so noise on a shared machine hits all alike, and no peer
+# always runs right after another: `postfix` and `front` share one Postfix, whose queue
+# filesystem makes the next run's queue files dearer for a minute after 5,000 were deleted,
+# ext4 skipping recently freed inodes); each figure is the median over the rounds and is
+# reported as a ratio to the direct run's median. A round's time runs from smtp-source's start to the last
 # message handed to smtp-sink: smtp-source's exit for direct, proxy and Haraka (they relay before
 # they answer the final dot), the queue being empty for Postfix (it answers once it has queued).
 #
@@ -259,7 +262,9 @@ for load in $LOADS; do
     for peer in $PEERS; do run "$peer" "$load" $((n / 20 + 20)) >/dev/null; done   # warm-up
     for r in $(seq "$ROUNDS"); do
         line="$load round $r:"
-        for peer in $PEERS; do
+        order=$PEERS
+        [ $((r % 2)) = 0 ] && order=$(printf '%s\n' $PEERS | tac | xargs)
+        for peer in $order; do
             s=$(run "$peer" "$load" "$n")
             printf '%s\t%s\t%s\t%s\t%s\n' "$load" "$n" "$peer" "$r" "$s" >>"$OUT"
             line+=" $peer $s s"
