@@ -34,6 +34,7 @@
 # Environment overrides: ROUNDS=3 SESSIONS=20 MESSAGES=5000 RCPT_MESSAGES=500 BIG_MESSAGES=300
 #   STORM_MESSAGES=2000 STORM_PERCENT=25 STORM_SESSIONS=5 LOADS="small rcpt100 big storm"
 #   PEERS="direct proxy haraka postfix milter front" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink;
+#   FRONT_PASS_CLIENT the same for `front`, default true;
 #   '"xforward"' for XFORWARD with upstream connection reuse) MILTER_TRANSPORT=unix (or inet)
 #   HARAKA_DIR=/var/tmp/stormbreaker-bench-haraka (npm cache of Haraka 3.3.4) OUT=FILE (tsv of
 #   every round). Needs root (Postfix, smtp-sink -u), node and npm for Haraka, python3.
@@ -187,7 +188,7 @@ fi
 
 if has front; then
     FRONT=$(free_port)
-    start_proxy front "$FRONT" "$POSTFIX" true
+    start_proxy front "$FRONT" "$POSTFIX" "${FRONT_PASS_CLIENT:-true}"
     FRONT_PID=$LAST_PID
 fi
 
@@ -256,7 +257,7 @@ SAMPLER=$!
 
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 echo "machine: $(nproc) cores, $(free -h | awk '/Mem:/ {print $2}') memory, load $(cut -d' ' -f1-3 /proc/loadavg) at start"
-echo "peers: $PEERS; loads: $LOADS; $ROUNDS rounds; $SESSIONS sessions; proxy pass_client=$PASS_CLIENT"
+echo "peers: $PEERS; loads: $LOADS; $ROUNDS rounds; $SESSIONS sessions; proxy pass_client=$PASS_CLIENT; front pass_client=${FRONT_PASS_CLIENT:-true}"
 for load in $LOADS; do
     n=$(count_of "$load")
     for peer in $PEERS; do run "$peer" "$load" $((n / 20 + 20)) >/dev/null; done   # warm-up
@@ -290,7 +291,7 @@ for p in proxy front; do
     [ -s "$WORK/$p/stormbreaker.log" ] && grep -q ERROR "$WORK/$p/stormbreaker.log" && echo "$p logged errors: $(grep ERROR "$WORK/$p/stormbreaker.log" | head -3)"
 done
 echo
-python3 - "$OUT" "$PEERS" <<'EOF'
+python3 - "$OUT" "$PEERS" "${FRONT_PASS_CLIENT:-true}" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 peers = sys.argv[2].split()
@@ -324,6 +325,6 @@ for (load, n), by_peer in times.items():
     if "postfix" in by_peer and "front" in by_peer:
         pf, fr = by_peer["postfix"], by_peer["front"]
         cost = statistics.median(fr[r] / pf[r] for r in fr if r in pf)
-        print(f"|  ↳ proxy (XCLIENT) in front of Postfix: time vs Postfix alone | {cost:.2f}x |" + " |" * (len(peers) - 1))
+        print(f"|  ↳ proxy in front of Postfix (pass_client = {sys.argv[3]}): time vs Postfix alone | {cost:.2f}x |" + " |" * (len(peers) - 1))
 EOF
 echo "(median seconds over the rounds; in brackets the median of the per-round ratios to direct)"
