@@ -239,6 +239,7 @@ count_of() {
 }
 run() { # peer load count -> seconds on stdout; errors of smtp-source go to $ERRLOG
     local peer=$1 load=$2 n=$3 t0 t1 done_=0
+    echo "$n" >>"$WORK/sent.$peer"   # messages per peer, for CPU per message at the end
     t0=$(date +%s.%N)
     # -c prints a counter on stdout; smtp-source reports every failed transaction on stderr
     if ! send "$(port_of "$peer")" "$load" "$n" >/dev/null 2>>"$ERRLOG.$peer.$load"; then
@@ -277,9 +278,13 @@ kill "$SAMPLER" 2>/dev/null || true
 
 echo
 echo "load average during the run (5 s samples): $(sort -n "$LOADAVG" | awk '{a[NR]=$1} END {if (NR) printf "min %s median %s max %s", a[1], a[int((NR+1)/2)], a[NR]}')"
-[ -n "${PROXY_PID:-}" ] && echo "stormbreaker proxy CPU: $(python3 -c "print($(cpu_of "$PROXY_PID") / $(getconf CLK_TCK))") s, RSS $(awk '/VmRSS/ {print $2}' /proc/$PROXY_PID/status) KiB"
-[ -n "${FRONT_PID:-}" ] && echo "stormbreaker front CPU: $(python3 -c "print($(cpu_of "$FRONT_PID") / $(getconf CLK_TCK))") s"
-[ -n "${MILTER_PID:-}" ] && echo "stormbreaker milter CPU: $(python3 -c "print($(cpu_of "$MILTER_PID") / $(getconf CLK_TCK))") s"
+sent() { awk '{s += $1} END {print s + 0}' "$WORK/sent.$1" 2>/dev/null || echo 0; }
+per_message() { # pid peer -> "X s, Y ms per message"
+    python3 -c "c = $(cpu_of "$1") / $(getconf CLK_TCK); n = $(sent "$2"); print(f'{c:.2f} s, {1000 * c / max(n, 1):.3f} ms per message')"
+}
+[ -n "${PROXY_PID:-}" ] && echo "stormbreaker proxy CPU: $(per_message "$PROXY_PID" proxy), RSS $(awk '/VmRSS/ {print $2}' /proc/$PROXY_PID/status) KiB"
+[ -n "${FRONT_PID:-}" ] && echo "stormbreaker front CPU: $(per_message "$FRONT_PID" front)"
+[ -n "${MILTER_PID:-}" ] && echo "stormbreaker milter CPU: $(per_message "$MILTER_PID" milter)"
 [ -n "${HARAKA_PID:-}" ] && echo "Haraka CPU: $(python3 -c "print($(cpu_of "$HARAKA_PID") / $(getconf CLK_TCK))") s"
 [ -d "$WORK/proxy/quarantine" ] && echo "held by the proxy (its quarantine): $(find "$WORK/proxy/quarantine/held" -type f | wc -l) messages"
 [ -d "$WORK/front/quarantine" ] && echo "held by the front proxy (its quarantine): $(find "$WORK/front/quarantine/held" -type f | wc -l) messages"
