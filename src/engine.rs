@@ -1271,14 +1271,7 @@ mod tests {
 
     #[test]
     fn reasons_are_one_short_ascii_line() {
-        for rule in [
-            Rule::Replies,
-            Rule::Fast,
-            Rule::MeToo,
-            Rule::Manual,
-            Rule::Wave,
-            Rule::AutoReply,
-        ] {
+        for rule in Rule::ALL {
             let r = reason(rule, u32::MAX, u64::MAX);
             assert!(
                 r.is_ascii() && r.len() < 200 && !r.contains(['\r', '\n']),

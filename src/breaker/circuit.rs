@@ -23,6 +23,16 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in the order of their numbers.
+    pub const ALL: [Rule; 6] = [
+        Rule::Replies,
+        Rule::Fast,
+        Rule::MeToo,
+        Rule::Manual,
+        Rule::Wave,
+        Rule::AutoReply,
+    ];
+
     /// The word used in logs, verdicts and alerts.
     pub fn name(self) -> &'static str {
         match self {
@@ -37,16 +47,7 @@ impl Rule {
 
     /// The rule a name (`Rule::name`) stands for.
     pub fn from_name(name: &str) -> Option<Rule> {
-        [
-            Rule::Replies,
-            Rule::Fast,
-            Rule::MeToo,
-            Rule::Manual,
-            Rule::Wave,
-            Rule::AutoReply,
-        ]
-        .into_iter()
-        .find(|r| r.name() == name)
+        Rule::ALL.into_iter().find(|r| r.name() == name)
     }
 
     pub fn from_u8(v: u8) -> Rule {
@@ -210,14 +211,7 @@ mod tests {
 
     #[test]
     fn rule_round_trips_through_u8() {
-        for r in [
-            Rule::Replies,
-            Rule::Fast,
-            Rule::MeToo,
-            Rule::Manual,
-            Rule::Wave,
-            Rule::AutoReply,
-        ] {
+        for r in Rule::ALL {
             assert_eq!(Rule::from_u8(r as u8), r);
             assert_eq!(Rule::from_name(r.name()), Some(r));
         }
