@@ -4,7 +4,7 @@
 //! second time (the breaker trips at the tenth person, not the fifth), and release marks what
 //! it re-injects, so the milter does not hold it again.
 
-use crate::support::clients::Raw;
+use super::send;
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::wait::wait_port;
@@ -13,25 +13,18 @@ use crate::support::{Postfix, Sink, free_port, token, wait_for};
 const LIST: &str = "all-staff@corp.test";
 
 fn reply(port: u16, thread: &str, i: usize) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    assert!(
-        c.cmd(&format!("MAIL FROM:<user{i}@corp.test>"))
-            .starts_with("250")
-    );
-    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(
-        format!(
-            "From: <user{i}@corp.test>\r\nTo: <{LIST}>\r\nSubject: RE: Both {thread}\r\n\
+    let from = format!("user{i}@corp.test");
+    send(
+        port,
+        &from,
+        &[LIST],
+        &format!(
+            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: RE: Both {thread}\r\n\
              In-Reply-To: <{thread}@corp.test>\r\nReferences: <{thread}@corp.test>\r\n\
-             Message-ID: <{thread}-r{i}@corp.test>\r\n\r\n{thread}-r{i}\r\n.\r\n"
-        )
-        .as_bytes(),
-    );
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
+             Message-ID: <{thread}-r{i}@corp.test>\r\n"
+        ),
+        &format!("{thread}-r{i}"),
+    )
 }
 
 fn delivered(sink: &Sink, thread: &str) -> usize {

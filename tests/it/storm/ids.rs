@@ -4,8 +4,7 @@
 //! `breaker reset` all name it; a reset by any of its keys stops every hold; keys that are not
 //! keys, or that no storm has, are refused with exit 2.
 
-use super::{admin_alerts, settle};
-use crate::support::clients::Raw;
+use super::{admin_alerts, held, send, settle};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
 use base64::Engine as _;
@@ -43,28 +42,17 @@ fn reply(port: u16, thread: &str, i: usize) -> String {
         _ => String::new(),
     };
     let prefix = ["RE", "Re", "AW"][i % 3];
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    assert!(
-        c.cmd(&format!("MAIL FROM:<user{i}@corp.test>"))
-            .starts_with("250")
-    );
-    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(
-        format!(
-            "From: <user{i}@corp.test>\r\nTo: <{LIST}>\r\nSubject: {prefix}: Welcome {thread}\r\n\
-             {threading}Message-ID: <{thread}-r{i}@corp.test>\r\n\r\n{thread}-r{i}\r\n.\r\n"
-        )
-        .as_bytes(),
-    );
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
-}
-
-fn held(answer: &str) -> bool {
-    answer.starts_with("250") && answer.contains("held")
+    let from = format!("user{i}@corp.test");
+    send(
+        port,
+        &from,
+        &[LIST],
+        &format!(
+            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: {prefix}: Welcome {thread}\r\n\
+             {threading}Message-ID: <{thread}-r{i}@corp.test>\r\n"
+        ),
+        &format!("{thread}-r{i}"),
+    )
 }
 
 fn out(o: &Output) -> String {

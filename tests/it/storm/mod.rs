@@ -10,15 +10,21 @@ mod restart;
 mod sim;
 mod split;
 
-use crate::support::clients::{swaks, text};
-use crate::support::{relay, token, wait_for};
+use crate::support::clients::{Raw, swaks, text};
+use crate::support::{Postfix, Sink, relay, token, wait_for};
 
 /// Sends a marker straight to the suite's Postfix and waits for it at the sink: Postfix has
 /// then relayed what came before it, so counts of what was delivered are final.
 fn settle() {
+    let relay = relay();
+    settle_through(&relay.postfix, &relay.sink);
+}
+
+/// Sends a marker through `postfix` to `sink` and waits for it: what went before has arrived.
+fn settle_through(postfix: &Postfix, sink: &Sink) {
     let marker = token("marker");
     let out = swaks(
-        relay().postfix.port,
+        postfix.port,
         &[
             "--from",
             "m@corp.test",
@@ -30,9 +36,31 @@ fn settle() {
     );
     assert!(text(&out).contains("250"), "{}", text(&out));
     assert!(
-        wait_for(|| !relay().sink.mentioning(&marker).is_empty()).is_some(),
+        wait_for(|| !sink.mentioning(&marker).is_empty()).is_some(),
         "marker not delivered"
     );
+}
+
+/// Sends one message over its own session; returns the answer to its final dot.
+fn send(port: u16, mail_from: &str, to: &[&str], headers: &str, body: &str) -> String {
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.test");
+    let r = c.cmd(&format!("MAIL FROM:<{mail_from}>"));
+    assert!(r.starts_with("250"), "{r}");
+    for rcpt in to {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("{headers}\r\n{body}\r\n.\r\n").as_bytes());
+    let answer = c.reply();
+    c.cmd("QUIT");
+    answer
+}
+
+/// The answer to a final dot says the message was held.
+fn held(answer: &str) -> bool {
+    answer.starts_with("250") && answer.contains("held")
 }
 
 /// The texts of the admin alerts at the suite's sink that mention `needle`.

@@ -3,8 +3,8 @@
 //! many people to one list is, a few announcements are not, and automatic replies to a list
 //! are held from the first while those to one person pass.
 
-use super::{admin_alerts, settle};
-use crate::support::clients::{Mail, Raw, smtplib};
+use super::{admin_alerts, held, send, settle};
+use crate::support::clients::{Mail, smtplib};
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Postfix, Sink, relay, token, wait_for};
@@ -17,23 +17,6 @@ fn policy(extra: &str) -> String {
          [[lists]]\naddress = \"{LIST}\"\nmembers = 91053\n\
          [notify]\nadmins = [\"admin@corp.test\"]\nfrom = \"stormbreaker@corp.test\"\ninterval = \"30m\"\n"
     )
-}
-
-/// Sends one message over its own session; returns the answer to its final dot.
-fn send(port: u16, mail_from: &str, to: &[&str], headers: &str, body: &str) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<{mail_from}>"));
-    assert!(r.starts_with("250"), "{r}");
-    for rcpt in to {
-        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        assert!(r.starts_with("250"), "{r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("{headers}\r\n{body}\r\n.\r\n").as_bytes());
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
 }
 
 /// A reply to `thread` from `from` to the list.
@@ -63,10 +46,6 @@ fn new_message(port: u16, tag: &str, from: &str, subject: &str, n: usize) -> Str
         ),
         &format!("{tag}-{n}"),
     )
-}
-
-fn held(answer: &str) -> bool {
-    answer.starts_with("250") && answer.contains("held")
 }
 
 #[test]

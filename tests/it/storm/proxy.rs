@@ -1,7 +1,7 @@
 //! Reply-all storms through the real proxy in front of the suite's Postfix: what is delivered,
 //! held, refused; alerts; release; the admin API; and kill -9 in the middle of a storm.
 
-use super::settle;
+use super::{send, settle};
 use crate::support::clients::{Raw, swaks, text};
 use crate::support::postfix::milter_main_cf;
 use crate::support::sink::Delivered;
@@ -30,26 +30,22 @@ fn policy(action: &str, list: &str, admin_port: Option<u16>) -> String {
 /// One reply-all in the style of client `i % 3`; returns the message's unique tag.
 fn reply(port: u16, thread: &str, i: usize, list: &str) -> (String, String) {
     let tag = format!("{thread}-r{i}");
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<user{i}@corp.test>"));
-    assert!(r.starts_with("250"), "{r}");
-    assert!(c.cmd(&format!("RCPT TO:<{list}>")).starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
     let threading = match i % 3 {
         0 => format!("In-Reply-To: <{thread}@corp.test>\r\nReferences: <{thread}@corp.test>\r\n"),
         1 => format!("References: <{thread}@corp.test>\r\n"),
         _ => String::new(),
     };
-    c.send(
-        format!(
-            "From: <user{i}@corp.test>\r\nTo: <{list}>\r\nSubject: RE: Welcome {thread}\r\n{threading}\
-Message-ID: <{tag}@corp.test>\r\n\r\nPlease remove me. {tag}\r\n.\r\n"
-        )
-        .as_bytes(),
+    let from = format!("user{i}@corp.test");
+    let answer = send(
+        port,
+        &from,
+        &[list],
+        &format!(
+            "From: <{from}>\r\nTo: <{list}>\r\nSubject: RE: Welcome {thread}\r\n{threading}\
+Message-ID: <{tag}@corp.test>\r\n"
+        ),
+        &format!("Please remove me. {tag}"),
     );
-    let answer = c.reply();
-    c.cmd("QUIT");
     (tag, answer)
 }
 

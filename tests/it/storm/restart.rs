@@ -3,7 +3,7 @@
 //! opened) or, without one, from the held messages themselves; a breaker tripped by hand
 //! comes back too, and the restored storm raises no second alert.
 
-use super::{admin_alerts, settle};
+use super::{admin_alerts, held, send, settle};
 use crate::support::clients::Raw;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
@@ -21,29 +21,17 @@ fn policy(admin: u16) -> String {
 }
 
 fn reply(port: u16, thread: &str, i: usize) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    assert!(
-        c.cmd(&format!("MAIL FROM:<user{i}@corp.test>"))
-            .starts_with("250")
-    );
-    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(
-        format!(
-            "From: <user{i}@corp.test>\r\nTo: <{LIST}>\r\nSubject: RE: Restart {thread}\r\n\
-             In-Reply-To: <{thread}@corp.test>\r\nMessage-ID: <{thread}-r{i}@corp.test>\r\n\r\n\
-             {thread}-r{i}\r\n.\r\n"
-        )
-        .as_bytes(),
-    );
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
-}
-
-fn held(answer: &str) -> bool {
-    answer.starts_with("250") && answer.contains("held")
+    let from = format!("user{i}@corp.test");
+    send(
+        port,
+        &from,
+        &[LIST],
+        &format!(
+            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: RE: Restart {thread}\r\n\
+             In-Reply-To: <{thread}@corp.test>\r\nMessage-ID: <{thread}-r{i}@corp.test>\r\n"
+        ),
+        &format!("{thread}-r{i}"),
+    )
 }
 
 fn snapshot(proxy: &Stormbreaker) -> String {

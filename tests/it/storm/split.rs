@@ -4,7 +4,8 @@
 //! To/Cc of the headers, so every part is wide; the parts of one reply get one verdict (all held
 //! or all delivered, never split) and the reply is counted once.
 
-use crate::support::clients::{Mail, smtplib, swaks, text};
+use super::{settle, settle_through};
+use crate::support::clients::{Mail, smtplib};
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Postfix, Sink, relay, token, wait_for};
@@ -71,24 +72,6 @@ fn submit(sender: &Postfix, mail: Mail) {
     );
 }
 
-/// Sends a marker through `postfix` to `sink` and waits for it: what went before has arrived.
-fn settle(postfix: &Postfix, sink: &Sink) {
-    let marker = token("marker");
-    let out = swaks(
-        postfix.port,
-        &[
-            "--from",
-            "m@corp.test",
-            "--to",
-            "m@corp.test",
-            "--header",
-            &format!("Subject: {marker}"),
-        ],
-    );
-    assert!(text(&out).contains("250"), "{}", text(&out));
-    assert!(wait_for(|| !sink.mentioning(&marker).is_empty()).is_some());
-}
-
 /// Recipients each reply reached at `sink`, by reply number.
 fn reached(sink: &Sink, tag: &str, replies: usize) -> BTreeMap<usize, usize> {
     (0..replies)
@@ -126,7 +109,7 @@ fn a_reply_split_100_plus_50_is_held_whole_or_delivered_whole_through_the_proxy(
     for i in 0..REPLIES {
         submit(&sender, message(&tag, Some(i), &audience));
     }
-    settle(&relay().postfix, &relay().sink);
+    settle();
     let reached = reached(&relay().sink, &tag, REPLIES);
     // Three people reply and reach everyone; the third opens the breaker; the rest are held
     // whole: no reply reached only a part of the audience.
@@ -182,7 +165,7 @@ fn a_reply_to_3000_addresses_split_by_postfix_into_1000s_is_one_wide_reply() {
     for i in 0..REPLIES {
         submit(&sender, message(&tag, Some(i), &audience));
     }
-    settle(&upstream, &sink);
+    settle_through(&upstream, &sink);
     let reached = reached(&sink, &tag, REPLIES);
     assert_eq!(
         reached,
