@@ -9,12 +9,52 @@ mod outage;
 mod store;
 
 use std::path::Path;
+use stormbreaker::breaker::{Limits, Rule};
 use stormbreaker::config::Config;
+use stormbreaker::fingerprint::ThreadKey;
+use stormbreaker::store::Counter;
 
 const T0: u64 = 1_700_000_000_000;
 const SEC: u64 = 1000;
 const MIN: u64 = 60 * SEC;
 const HOUR: u64 = 60 * MIN;
+
+/// A runtime with two workers, as the proxies have.
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Breaker limits with the shipped window and blocks, tripping at `trip`.
+fn limits(trip: u32) -> Limits {
+    Limits {
+        trip,
+        window_s: 3600,
+        block_s: 6 * 3600,
+        max_block_s: 48 * 3600,
+        fast_senders: 5,
+        fast_window_s: 300,
+    }
+}
+
+/// A new wide message's two counters: its me-too key (trips at 3) and its wave key (at 4).
+fn me_too_and_wave<'a>(me_too: &'a ThreadKey, wave: &'a ThreadKey) -> [Counter<'a>; 2] {
+    [
+        Counter {
+            keys: std::slice::from_ref(me_too),
+            rule: Rule::MeToo,
+            limits: limits(3),
+        },
+        Counter {
+            keys: std::slice::from_ref(wave),
+            rule: Rule::Wave,
+            limits: limits(4),
+        },
+    ]
+}
 
 /// A config with the Atos list, on Redis at `url` with `prefix` (or in memory for `None`).
 fn config(redis: Option<(&str, &str)>, extra: &str) -> Config {

@@ -4,35 +4,16 @@
 //! nothing acknowledged is lost, and once a storm's breaker is open no proxy delivers another
 //! of its replies.
 
-use super::{HOUR, MIN, SEC, T0, reply, send};
+use super::{HOUR, MIN, SEC, T0, limits, me_too_and_wave, reply, rt, send};
 use crate::support::redis_modes::{RedisCluster, SentinelSet, TlsRedis};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Sink, free_port};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::time::Duration;
-use stormbreaker::breaker::{Limits, Rule};
+use stormbreaker::breaker::Rule;
 use stormbreaker::config::{RedisMode, StateConfig};
 use stormbreaker::fingerprint::ThreadKey;
 use stormbreaker::store::{Counter, MemoryStore, ObserveRequest, RedisStore, StateStore};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn limits(trip: u32) -> Limits {
-    Limits {
-        trip,
-        window_s: 3600,
-        block_s: 6 * 3600,
-        max_block_s: 48 * 3600,
-        fast_senders: 5,
-        fast_window_s: 300,
-    }
-}
 
 fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
     RedisStore::new(&StateConfig {
@@ -117,18 +98,7 @@ fn a_cluster_store_decides_as_the_memory_store_and_spreads_storms_over_shards() 
         let me_too = ThreadKey::new("metoo:00ff:please remove me");
         let wave = ThreadKey::new("wave:all@atos.test");
         for i in 0..5u32 {
-            let counters = [
-                Counter {
-                    keys: std::slice::from_ref(&me_too),
-                    rule: Rule::MeToo,
-                    limits: limits(3),
-                },
-                Counter {
-                    keys: std::slice::from_ref(&wave),
-                    rule: Rule::Wave,
-                    limits: limits(4),
-                },
-            ];
+            let counters = me_too_and_wave(&me_too, &wave);
             let req = ObserveRequest {
                 counters: &counters,
                 sender: i,

@@ -3,20 +3,12 @@
 //! both nodes see replies of one thread at the same instant. On the suite's redis-server, each
 //! test with a key prefix of its own.
 
-use super::{SEC, T0, config, reply, storm_times};
+use super::{SEC, T0, config, reply, rt, storm_times};
 use crate::support::redis::RedisServer;
 use std::sync::Arc;
 use stormbreaker::engine::Engine;
 use stormbreaker::envelope::Envelope;
 use stormbreaker::verdict::Verdict;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Replies `0..times.len()` of `subject` from distinct senders, reply i on `nodes[i % n]`.
 async fn storm(nodes: &[&Engine], subject: &str, times: &[u64]) -> Vec<Verdict> {

@@ -4,7 +4,7 @@
 //! Each test keeps to a key prefix of its own on the suite's redis-server, except the one that
 //! flushes scripts, which starts its own.
 
-use super::{HOUR, MIN, SEC, T0};
+use super::{HOUR, MIN, SEC, T0, limits, me_too_and_wave};
 use crate::support::redis::RedisServer;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use stormbreaker::breaker::{Limits, Outcome, Phase, Rule};
@@ -29,17 +29,6 @@ fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
         ..StateConfig::default()
     })
     .unwrap()
-}
-
-fn limits(trip: u32) -> Limits {
-    Limits {
-        trip,
-        window_s: 3600,
-        block_s: 6 * 3600,
-        max_block_s: 48 * 3600,
-        fast_senders: 5,
-        fast_window_s: 300,
-    }
 }
 
 /// The two stores side by side; every call goes to both and must agree.
@@ -226,18 +215,7 @@ fn scripted_scenarios_match_the_memory_store() {
         let me_too = ThreadKey::new("metoo:00ff:please remove me");
         let wave = ThreadKey::new("wave:all@atos.test");
         for i in 0..4u32 {
-            let counters = [
-                Counter {
-                    keys: std::slice::from_ref(&me_too),
-                    rule: Rule::MeToo,
-                    limits: limits(3),
-                },
-                Counter {
-                    keys: std::slice::from_ref(&wave),
-                    rule: Rule::Wave,
-                    limits: limits(4),
-                },
-            ];
+            let counters = me_too_and_wave(&me_too, &wave);
             let out = pair
                 .request(&ObserveRequest {
                     counters: &counters,
