@@ -7,12 +7,12 @@
 //!
 //! `cargo test --test it storm::figures -- --ignored --nocapture`
 
+use super::thread_index;
 use crate::support::clients::{Mail, smtplib};
 use crate::support::postfix::milter_main_cf;
 use crate::support::redis::RedisServer;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Postfix, Sink, relay, token, wait_for};
-use base64::Engine as _;
 use std::collections::BTreeMap;
 
 /// Messages per storm: with `trip_replies = 10` and `wave_senders = 10`, the ten that open a
@@ -48,15 +48,6 @@ fn mail(from: &str, to: &[String], headers: &str, body: &str) -> Mail {
 
 fn list(name: &str) -> Vec<String> {
     vec![format!("{name}@corp.test")]
-}
-
-fn thread_index(guid: u8, replies: usize) -> String {
-    let mut bytes = vec![1u8, 0xd5, 0x3a, 0x11, 0x22, 0x33];
-    bytes.extend(std::iter::repeat_n(guid, 16));
-    for i in 0..replies {
-        bytes.extend([0, 0, 0, (i % 256) as u8, 7]);
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Reply `i` of the Atos-shaped storm, from one of four mail clients.

@@ -4,10 +4,9 @@
 //! `breaker reset` all name it; a reset by any of its keys stops every hold; keys that are not
 //! keys, or that no storm has, are refused with exit 2.
 
-use super::{admin_alerts, held, send, settle};
+use super::{admin_alerts, held, send, settle, thread_index};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
-use base64::Engine as _;
 use std::process::Output;
 
 const LIST: &str = "all-staff@corp.test";
@@ -19,16 +18,6 @@ fn policy(admin: u16) -> String {
          [notify]\nadmins = [\"admin@corp.test\"]\nfrom = \"stormbreaker@corp.test\"\ninterval = \"30m\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n"
     )
-}
-
-/// An Outlook Thread-Index of conversation `guid` with `replies` reply blocks.
-fn thread_index(guid: u8, replies: usize) -> String {
-    let mut bytes = vec![1u8, 0xd5, 0x3a, 0x11, 0x22, 0x33];
-    bytes.extend(std::iter::repeat_n(guid, 16));
-    for i in 0..replies {
-        bytes.extend([0, 0, 0, i as u8, 7]);
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Reply `i` to the thread, in the style of client `i % 3`; the answer to its final dot.

@@ -63,6 +63,17 @@ fn held(answer: &str) -> bool {
     answer.starts_with("250") && answer.contains("held")
 }
 
+/// An Outlook Thread-Index of conversation `guid` with `replies` reply blocks.
+fn thread_index(guid: u8, replies: usize) -> String {
+    use base64::Engine as _;
+    let mut bytes = vec![1u8, 0xd5, 0x3a, 0x11, 0x22, 0x33];
+    bytes.extend(std::iter::repeat_n(guid, 16));
+    for i in 0..replies {
+        bytes.extend([0, 0, 0, (i % 256) as u8, 7]);
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// The texts of the admin alerts at the suite's sink that mention `needle`.
 fn admin_alerts(needle: &str) -> Vec<String> {
     relay()

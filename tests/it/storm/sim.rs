@@ -1,7 +1,7 @@
 //! Storm simulations with realistic arrival times, run through `Engine::decide` with the clock
 //! passed in: an hour of storm takes milliseconds, and no assertion depends on real time.
 
-use base64::Engine as _;
+use super::thread_index;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::path::Path;
 use stormbreaker::config::Config;
@@ -49,15 +49,6 @@ const CLIENTS: [Client; 4] = [
     Client::Gmail,
     Client::Mobile,
 ];
-
-fn thread_index(guid: u8, replies: usize) -> String {
-    let mut bytes = vec![1u8, 0xd5, 0x3a, 0x11, 0x22, 0x33];
-    bytes.extend(std::iter::repeat_n(guid, 16));
-    for i in 0..replies {
-        bytes.extend([0, 0, 0, (i % 256) as u8, 7]);
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn original(subject: &str) -> String {
     format!(
