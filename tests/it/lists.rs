@@ -2,7 +2,7 @@
 //! `postconf` and `postmap`) and from a private slapd's groups, and reply-all storms to those
 //! lists, declared nowhere in the policy, tripping through the proxy.
 
-use crate::support::clients::Raw;
+use crate::support::clients::send_message;
 use crate::support::slapd::{ROOT_DN, Slapd, group, group_dn, people};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::wait::wait_for;
@@ -19,19 +19,8 @@ const POLICY: &str = "[policy]\ntrip_replies = 10\nwide_audience = 2500\nfast_au
 
 /// One message through the proxy; returns the reply to the final dot.
 fn send(port: u16, from: &str, to: &str, headers: &str, tag: &str) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(r.starts_with("250"), "{r}");
-    let r = c.cmd(&format!("RCPT TO:<{to}>"));
-    assert!(r.starts_with("250"), "{r}");
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(
-        format!("From: <{from}>\r\nTo: <{to}>\r\n{headers}\r\nHello. {tag}\r\n.\r\n").as_bytes(),
-    );
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
+    let message = format!("From: <{from}>\r\nTo: <{to}>\r\n{headers}\r\nHello. {tag}\r\n");
+    send_message(port, from, &[to], &message)
 }
 
 /// An original to `list`, then `replies` reply-alls from different people. Returns how many

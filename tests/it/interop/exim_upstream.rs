@@ -4,7 +4,7 @@
 //! not Postfix; and the smuggling sequences against an MTA that was itself vulnerable to them.
 
 use super::{LIST, original, reply_all, storm_policy, tags};
-use crate::support::clients::{Raw, swaks, text};
+use crate::support::clients::{Raw, send_message, swaks, text};
 use crate::support::peers::Exim;
 use crate::support::stormbreaker::{Stormbreaker, assert_held_entry_fields};
 use crate::support::{Sink, token, wait_for};
@@ -46,23 +46,6 @@ fn settle() {
     assert_eq!(w.exim.failures(), "", "{}", w.exim.mainlog());
 }
 
-/// Sends one message in its own session: MAIL, RCPTs, DATA; the reply to the final dot.
-fn send(port: u16, from: &str, rcpts: &[&str], content: &str) -> String {
-    let mut c = Raw::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(r.starts_with("250"), "MAIL: {r}");
-    for rcpt in rcpts {
-        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        assert!(r.starts_with("250"), "RCPT {rcpt}: {r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("{content}.\r\n").as_bytes());
-    let answer = c.reply();
-    assert!(c.cmd("QUIT").starts_with("221"));
-    answer
-}
-
 #[test]
 fn a_message_goes_through_exim_with_exims_reply() {
     let w = world();
@@ -95,7 +78,7 @@ fn a_multi_recipient_message_reaches_every_recipient_once() {
         "m3@corp.test",
         "m4@corp.test",
     ];
-    let answer = send(
+    let answer = send_message(
         w.proxy.port,
         "a@corp.test",
         &rcpts,
@@ -118,13 +101,13 @@ fn a_multi_recipient_message_reaches_every_recipient_once() {
 fn a_storm_is_held_after_the_trip_and_released_through_exim() {
     let w = world();
     let thread = token("eximstorm").replace('-', "");
-    let answer = send(w.proxy.port, "hr@corp.test", &[LIST], &original(&thread));
+    let answer = send_message(w.proxy.port, "hr@corp.test", &[LIST], &original(&thread));
     assert!(answer.starts_with("250 OK id="), "the original: {answer}");
     let replies = 14;
     let mut held = Vec::new();
     for i in 0..replies {
         let from = format!("user{i}@corp.test");
-        let answer = send(w.proxy.port, &from, &[LIST], &reply_all(&thread, i, &from));
+        let answer = send_message(w.proxy.port, &from, &[LIST], &reply_all(&thread, i, &from));
         if i < TRIP_REPLIES {
             assert!(answer.starts_with("250 OK id="), "reply {i}: {answer}");
         } else {

@@ -4,7 +4,7 @@
 //! refused senders get, and the reminders.
 
 use super::{envelope, hold};
-use crate::support::clients::Raw;
+use crate::support::clients::send_message;
 use crate::support::sink::Delivered;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Sink, free_port, relay, token, wait_for};
@@ -148,17 +148,8 @@ fn encoded(subject: &str) -> String {
 
 /// One message over its own session; returns the proxy's answer to its final dot.
 fn send(port: u16, from: &str, to: &str, headers: &str) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(r.starts_with("250"), "{r}");
-    let r = c.cmd(&format!("RCPT TO:<{to}>"));
-    assert!(r.starts_with("250"), "{r}");
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("From: <{from}>\r\nTo: <{to}>\r\n{headers}\r\nHello all.\r\n.\r\n").as_bytes());
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
+    let message = format!("From: <{from}>\r\nTo: <{to}>\r\n{headers}\r\nHello all.\r\n");
+    send_message(port, from, &[to], &message)
 }
 
 /// The thread's first message from alice to `list` on `subject`, then a reply from each of `senders` in

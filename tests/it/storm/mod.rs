@@ -10,7 +10,7 @@ mod restart;
 mod sim;
 mod split;
 
-use crate::support::clients::{Raw, swaks, text};
+use crate::support::clients::{send_message, swaks, text};
 use crate::support::{Postfix, Sink, relay, token, wait_for};
 
 /// Sends a marker straight to the suite's Postfix and waits for it at the sink: Postfix has
@@ -43,19 +43,7 @@ fn settle_through(postfix: &Postfix, sink: &Sink) {
 
 /// Sends one message over its own session; returns the answer to its final dot.
 fn send(port: u16, mail_from: &str, to: &[&str], headers: &str, body: &str) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<{mail_from}>"));
-    assert!(r.starts_with("250"), "{r}");
-    for rcpt in to {
-        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        assert!(r.starts_with("250"), "{r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("{headers}\r\n{body}\r\n.\r\n").as_bytes());
-    let answer = c.reply();
-    c.cmd("QUIT");
-    answer
+    send_message(port, mail_from, to, &format!("{headers}\r\n{body}\r\n"))
 }
 
 /// The answer to a final dot says the message was held.

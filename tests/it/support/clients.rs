@@ -94,6 +94,28 @@ impl Raw {
     }
 }
 
+/// One message in its own session: EHLO, MAIL, each RCPT and DATA must be taken; then
+/// `message` (headers and body, CRLF lines, ending with CRLF) and the final dot, and QUIT.
+/// Returns the answer to the final dot.
+pub fn send_message(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
+    let mut c = Raw::connect(port);
+    let r = c.cmd("EHLO client.test");
+    assert!(r.starts_with("250"), "EHLO: {r}");
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    assert!(r.starts_with("250"), "MAIL: {r}");
+    for rcpt in rcpts {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(r.starts_with("250"), "RCPT {rcpt}: {r}");
+    }
+    let r = c.cmd("DATA");
+    assert!(r.starts_with("354"), "DATA: {r}");
+    c.send(format!("{message}.\r\n").as_bytes());
+    let answer = c.reply();
+    let r = c.cmd("QUIT");
+    assert!(r.starts_with("221"), "QUIT: {r}");
+    answer
+}
+
 /// One message for [`smtplib`].
 pub struct Mail {
     pub from: String,
