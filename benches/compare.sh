@@ -9,11 +9,14 @@
 #   front    smtp-source -> stormbreaker proxy (XCLIENT) -> Postfix -> smtp-sink: the proxy as
 #            the listener in front of Postfix (README), beside `postfix`, the same instance alone
 # For every load, each round runs every peer once: in the order of PEERS on odd rounds and in
-# reverse on even ones (alternating, so noise on a shared machine hits all alike, and no peer
-# always runs right after another: `postfix` and `front` share one Postfix, whose queue
-# filesystem makes the next run's queue files dearer for a minute after 5,000 were deleted,
-# ext4 skipping recently freed inodes); each figure is the median over the rounds and is
-# reported as a ratio to the direct run's median. A round's time runs from smtp-source's start to the last
+# reverse on even ones (alternating, so noise on a shared machine hits all alike and no peer
+# always runs right after another); each figure is the median over the rounds and is reported
+# as a ratio to the direct run's median. Each Postfix keeps its directory (queue included) on
+# its own journaled ext4 image, loop-mounted, as a production server's queue is journaled: this
+# machine's root filesystem has no journal, and without one ext4 skips inodes freed in the last
+# minute when it creates a file (`recently_deleted`), so a run right after another deleted
+# 5,000 queue files paid for that run (`postfix` and `front` share one Postfix).
+# A round's time runs from smtp-source's start to the last
 # message handed to smtp-sink: smtp-source's exit for direct, proxy and Haraka (they relay before
 # they answer the final dot), the queue being empty for Postfix (it answers once it has queued).
 #
@@ -36,6 +39,8 @@
 #   PEERS="direct proxy haraka postfix milter front" PASS_CLIENT=true (proxy XCLIENT/XFORWARD to sink;
 #   FRONT_PASS_CLIENT the same for `front`, default true;
 #   '"xforward"' for XFORWARD with upstream connection reuse) MILTER_TRANSPORT=unix (or inet)
+#   QUEUE_FS=journal (each Postfix's directory on its own journaled ext4 image, see below; `disk`
+#   keeps it in the work folder)
 #   HARAKA_DIR=/var/tmp/stormbreaker-bench-haraka (npm cache of Haraka 3.3.4) OUT=FILE (tsv of
 #   every round). Needs root (Postfix, smtp-sink -u), node and npm for Haraka, python3.
 set -euo pipefail
@@ -78,6 +83,7 @@ cleanup() {
     for pgid in "${GROUPS_[@]}"; do kill -TERM -- "-$pgid" 2>/dev/null; done
     sleep 1
     for pgid in "${GROUPS_[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null; done
+    for inst in postfix milter; do mountpoint -q "$WORK/$inst" && umount -l "$WORK/$inst"; done
     [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,6 +93,17 @@ start() { # log-file command... ; runs it in a new session, remembers its group
     setsid "$@" >"$log" 2>&1 </dev/null &
     GROUPS_+=($!)
     LAST_PID=$!
+}
+# queue_fs DIR: mounts a fresh journaled ext4 image at DIR for a Postfix instance (QUEUE_FS).
+queue_fs() {
+    mkdir -p "$1"
+    [ "${QUEUE_FS:-journal}" = journal ] || return 0
+    truncate -s 4G "$1.img"
+    if mkfs.ext4 -q -F -j "$1.img" && mount -o loop "$1.img" "$1"; then
+        chmod 755 "$1"
+    else
+        echo "warning: no journaled image for $1 (QUEUE_FS); its queue stays on $(df --output=source "$WORK" | tail -1)" >&2
+    fi
 }
 SINK=$(free_port)
 start "$WORK/sink.log" smtp-sink -u nobody "127.0.0.1:$SINK" 2000
@@ -154,6 +171,7 @@ fi
 if has postfix || has front; then
     POSTFIX=$(free_port)
     # `front` passes the real client with XCLIENT, as in front of a production Postfix.
+    queue_fs "$WORK/postfix"
     start_postfix "$WORK/postfix" "$POSTFIX" "$SINK" "smtpd_authorized_xclient_hosts = 127.0.0.0/8"
     wait_port "$POSTFIX" "Postfix" "$WORK/postfix/maillog"
 fi
@@ -182,6 +200,7 @@ EOF
     else
         wait_port "$MILTER" "stormbreaker milter" "$WORK/sbmilter/stormbreaker.log"
     fi
+    queue_fs "$WORK/milter"
     start_postfix "$WORK/milter" "$MILTER_SMTP" "$SINK" "$(milter_main_cf "$MILTER_SPEC")"
     wait_port "$MILTER_SMTP" "Postfix with milter" "$WORK/milter/maillog"
 fi
@@ -258,7 +277,7 @@ SAMPLER=$!
 
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 echo "machine: $(nproc) cores, $(free -h | awk '/Mem:/ {print $2}') memory, load $(cut -d' ' -f1-3 /proc/loadavg) at start"
-echo "peers: $PEERS; loads: $LOADS; $ROUNDS rounds; $SESSIONS sessions; proxy pass_client=$PASS_CLIENT; front pass_client=${FRONT_PASS_CLIENT:-true}"
+echo "peers: $PEERS; loads: $LOADS; $ROUNDS rounds; $SESSIONS sessions; Postfix directories: ${QUEUE_FS:-journal}; proxy pass_client=$PASS_CLIENT; front pass_client=${FRONT_PASS_CLIENT:-true}"
 for load in $LOADS; do
     n=$(count_of "$load")
     for peer in $PEERS; do run "$peer" "$load" $((n / 20 + 20)) >/dev/null; done   # warm-up
