@@ -89,13 +89,7 @@ impl Daemon {
     /// SIGKILL: a primary that dies without a word.
     pub fn kill(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            for _ in 0..500 {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            signal_and_wait(pid, "-KILL");
         }
     }
 
@@ -109,10 +103,27 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// SIGTERM, and waits until it has exited: it writes its files on the way out, and only
+    /// then can its folder be removed.
     fn shutdown(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args([&pid.to_string()]).status();
+            signal_and_wait(pid, "-TERM");
         }
+    }
+}
+
+/// Sends `signal` to `pid` and waits (up to 5 s) until the process is gone.
+fn signal_and_wait(pid: u32, signal: &str) {
+    // Quietly: a daemon a test killed already has left its pidfile behind.
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+    for _ in 0..500 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -129,10 +140,13 @@ impl RedisCluster {
         SHARED.get_or_init(|| {
             let cluster = RedisCluster::start();
             let pids: Vec<u32> = cluster.nodes.iter().filter_map(Daemon::pid).collect();
+            // A static is never dropped: its folder goes here, once the nodes have exited.
+            let dir = cluster._dir.path().to_path_buf();
             at_exit(move || {
                 for pid in pids {
-                    let _ = Command::new("kill").arg(pid.to_string()).status();
+                    signal_and_wait(pid, "-TERM");
                 }
+                let _ = std::fs::remove_dir_all(dir);
             });
             cluster
         })
