@@ -114,7 +114,13 @@ fn check_config_names_file_line_and_key_and_exits_2() {
 
 #[test]
 fn demo_replays_the_storm_and_reports() {
-    let out = stormbreaker(&["demo"]);
+    // The demo keeps its folder for the reader to inspect: here it goes in one of ours.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = command()
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run stormbreaker");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -140,7 +146,22 @@ fn demo_replays_the_storm_and_reports() {
     assert!(delivered <= 11, "{report}");
     assert_eq!(delivered + held, 420, "{report}");
     assert!(report.contains("deliveries avoided"), "{report}");
-    assert!(report.contains("quarantine list --config"), "{report}");
+    // The command the report ends with lists exactly the held messages.
+    let config = report
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("inspect with"))
+        .and_then(|command| {
+            command
+                .trim()
+                .strip_prefix("stormbreaker quarantine list --config ")
+        })
+        .unwrap_or_else(|| panic!("no inspect command in {report}"));
+    assert!(config.starts_with(tmp.path().to_str().unwrap()), "{config}");
+    let list = stormbreaker(&["quarantine", "list", "--config", config]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{listed}");
+    let rows = listed.lines().filter(|l| l.starts_with("20")).count();
+    assert_eq!(rows, held, "{listed}");
 }
 
 #[test]
