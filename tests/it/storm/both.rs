@@ -4,27 +4,18 @@
 //! second time (the breaker trips at the tenth person, not the fifth), and release marks what
 //! it re-injects, so the milter does not hold it again.
 
-use super::send;
+use super::{LIST, reply_all};
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::wait::wait_port;
 use crate::support::{Postfix, Sink, free_port, token, wait_for};
 
-const LIST: &str = "all-staff@corp.test";
-
 fn reply(port: u16, thread: &str, i: usize) -> String {
-    let from = format!("user{i}@corp.test");
-    send(
-        port,
-        &from,
-        &[LIST],
-        &format!(
-            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: RE: Both {thread}\r\n\
-             In-Reply-To: <{thread}@corp.test>\r\nReferences: <{thread}@corp.test>\r\n\
-             Message-ID: <{thread}-r{i}@corp.test>\r\n"
-        ),
-        &format!("{thread}-r{i}"),
-    )
+    let headers = format!(
+        "Subject: RE: Both {thread}\r\n\
+         In-Reply-To: <{thread}@corp.test>\r\nReferences: <{thread}@corp.test>\r\n"
+    );
+    reply_all(port, LIST, thread, i, &headers, "")
 }
 
 fn delivered(sink: &Sink, thread: &str) -> usize {

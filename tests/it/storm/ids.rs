@@ -4,12 +4,10 @@
 //! `breaker reset` all name it; a reset by any of its keys stops every hold; keys that are not
 //! keys, or that no storm has, are refused with exit 2.
 
-use super::{admin_alerts, held, send, settle, thread_index};
+use super::{LIST, admin_alerts, held, reply_all, settle, thread_index};
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
 use std::process::Output;
-
-const LIST: &str = "all-staff@corp.test";
 
 fn policy(admin: u16) -> String {
     format!(
@@ -31,17 +29,8 @@ fn reply(port: u16, thread: &str, i: usize) -> String {
         _ => String::new(),
     };
     let prefix = ["RE", "Re", "AW"][i % 3];
-    let from = format!("user{i}@corp.test");
-    send(
-        port,
-        &from,
-        &[LIST],
-        &format!(
-            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: {prefix}: Welcome {thread}\r\n\
-             {threading}Message-ID: <{thread}-r{i}@corp.test>\r\n"
-        ),
-        &format!("{thread}-r{i}"),
-    )
+    let headers = format!("Subject: {prefix}: Welcome {thread}\r\n{threading}");
+    reply_all(port, LIST, thread, i, &headers, "")
 }
 
 fn out(o: &Output) -> String {

@@ -41,6 +41,24 @@ fn settle_through(postfix: &Postfix, sink: &Sink) {
     );
 }
 
+/// The distribution list the storm tests reply to (each declares it in its policy).
+const LIST: &str = "all-staff@corp.test";
+
+/// Person `i`'s reply-all to `list` over its own session, from `user{i}@corp.test` and tagged
+/// `{thread}-r{i}` (its Message-ID, and the end of its body after `body`); `headers` are its
+/// Subject and thread headers. Returns the answer to its final dot.
+fn reply_all(port: u16, list: &str, thread: &str, i: usize, headers: &str, body: &str) -> String {
+    let from = format!("user{i}@corp.test");
+    let tag = format!("{thread}-r{i}");
+    send(
+        port,
+        &from,
+        &[list],
+        &format!("From: <{from}>\r\nTo: <{list}>\r\n{headers}Message-ID: <{tag}@corp.test>\r\n"),
+        &format!("{body}{tag}"),
+    )
+}
+
 /// Sends one message over its own session; returns the answer to its final dot.
 fn send(port: u16, mail_from: &str, to: &[&str], headers: &str, body: &str) -> String {
     send_message(port, mail_from, to, &format!("{headers}\r\n{body}\r\n"))

@@ -3,13 +3,11 @@
 //! many people to one list is, a few announcements are not, and automatic replies to a list
 //! are held from the first while those to one person pass.
 
-use super::{admin_alerts, held, send, settle};
+use super::{LIST, admin_alerts, held, send, settle};
 use crate::support::clients::{Mail, smtplib};
 use crate::support::postfix::milter_main_cf;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{Postfix, Sink, relay, token, wait_for};
-
-const LIST: &str = "all-staff@corp.test";
 
 fn policy(extra: &str) -> String {
     format!(

@@ -1,7 +1,7 @@
 //! Reply-all storms through the real proxy in front of the suite's Postfix: what is delivered,
 //! held, refused; alerts; release; the admin API; and kill -9 in the middle of a storm.
 
-use super::{send, settle};
+use super::{LIST, reply_all, settle};
 use crate::support::clients::{Raw, swaks, text};
 use crate::support::postfix::milter_main_cf;
 use crate::support::sink::Delivered;
@@ -11,8 +11,6 @@ use crate::support::{Postfix, free_port, relay, token};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const LIST: &str = "all-staff@corp.test";
 
 /// Policy for a storm test: one list of 91,053, the given action, fast trip off so the
 /// reply count rule is what trips, and alerts to an admin.
@@ -35,17 +33,8 @@ fn reply(port: u16, thread: &str, i: usize, list: &str) -> (String, String) {
         1 => format!("References: <{thread}@corp.test>\r\n"),
         _ => String::new(),
     };
-    let from = format!("user{i}@corp.test");
-    let answer = send(
-        port,
-        &from,
-        &[list],
-        &format!(
-            "From: <{from}>\r\nTo: <{list}>\r\nSubject: RE: Welcome {thread}\r\n{threading}\
-Message-ID: <{tag}@corp.test>\r\n"
-        ),
-        &format!("Please remove me. {tag}"),
-    );
+    let headers = format!("Subject: RE: Welcome {thread}\r\n{threading}");
+    let answer = reply_all(port, list, thread, i, &headers, "Please remove me. ");
     (tag, answer)
 }
 

@@ -3,13 +3,11 @@
 //! opened) or, without one, from the held messages themselves; a breaker tripped by hand
 //! comes back too, and the restored storm raises no second alert.
 
-use super::{admin_alerts, held, send, settle};
+use super::{LIST, admin_alerts, held, reply_all, settle};
 use crate::support::clients::Raw;
 use crate::support::stormbreaker::Stormbreaker;
 use crate::support::{free_port, relay, token, wait_for};
 use std::time::Duration;
-
-const LIST: &str = "all-staff@corp.test";
 
 fn policy(admin: u16) -> String {
     format!(
@@ -21,17 +19,8 @@ fn policy(admin: u16) -> String {
 }
 
 fn reply(port: u16, thread: &str, i: usize) -> String {
-    let from = format!("user{i}@corp.test");
-    send(
-        port,
-        &from,
-        &[LIST],
-        &format!(
-            "From: <{from}>\r\nTo: <{LIST}>\r\nSubject: RE: Restart {thread}\r\n\
-             In-Reply-To: <{thread}@corp.test>\r\nMessage-ID: <{thread}-r{i}@corp.test>\r\n"
-        ),
-        &format!("{thread}-r{i}"),
-    )
+    let headers = format!("Subject: RE: Restart {thread}\r\nIn-Reply-To: <{thread}@corp.test>\r\n");
+    reply_all(port, LIST, thread, i, &headers, "")
 }
 
 fn snapshot(proxy: &Stormbreaker) -> String {
