@@ -15,10 +15,10 @@
 # its own journaled ext4 image, loop-mounted, as a production server's queue is journaled: this
 # machine's root filesystem has no journal, and without one ext4 skips inodes freed in the last
 # minute when it creates a file (`recently_deleted`), so a run right after another deleted
-# 5,000 queue files paid for that run (`postfix` and `front` share one Postfix).
-# A round's time runs from smtp-source's start to the last
-# message handed to smtp-sink: smtp-source's exit for direct, proxy and Haraka (they relay before
-# they answer the final dot), the queue being empty for Postfix (it answers once it has queued).
+# 5,000 queue files paid for that run (`postfix` and `front` share one Postfix). A round's time
+# runs from smtp-source's start to the last message handed to smtp-sink: smtp-source's exit for
+# direct, proxy and Haraka (they relay before they answer the final dot), the queue being empty
+# for Postfix (it answers once it has queued).
 #
 # Loads (smtp-source opens one connection per message, `SESSIONS` at a time):
 #   small   MESSAGES x 2 KB, 1 recipient
@@ -304,7 +304,7 @@ per_message() { # pid peer -> "X s, Y ms per message"
 [ -n "${PROXY_PID:-}" ] && echo "stormbreaker proxy CPU: $(per_message "$PROXY_PID" proxy), RSS $(awk '/VmRSS/ {print $2}' /proc/$PROXY_PID/status) KiB"
 [ -n "${FRONT_PID:-}" ] && echo "stormbreaker front CPU: $(per_message "$FRONT_PID" front)"
 [ -n "${MILTER_PID:-}" ] && echo "stormbreaker milter CPU: $(per_message "$MILTER_PID" milter)"
-[ -n "${HARAKA_PID:-}" ] && echo "Haraka CPU: $(python3 -c "print($(cpu_of "$HARAKA_PID") / $(getconf CLK_TCK))") s"
+[ -n "${HARAKA_PID:-}" ] && echo "Haraka CPU: $(per_message "$HARAKA_PID" haraka)"
 [ -d "$WORK/proxy/quarantine" ] && echo "held by the proxy (its quarantine): $(find "$WORK/proxy/quarantine/held" -type f | wc -l) messages"
 [ -d "$WORK/front/quarantine" ] && echo "held by the front proxy (its quarantine): $(find "$WORK/front/quarantine/held" -type f | wc -l) messages"
 [ -d "$WORK/sbmilter/quarantine" ] && echo "held by the milter (its quarantine; Postfix discarded them): $(find "$WORK/sbmilter/quarantine/held" -type f | wc -l) messages"
